@@ -1,0 +1,26 @@
+"""Errors a user can cause. The CLI (and the app) report these in one line and exit with status 2;
+anything else is a bug in latentsync and keeps its traceback."""
+
+from __future__ import annotations
+
+
+class LatentSyncError(Exception):
+    """Base class for problems with the user's input, files or configuration."""
+
+    exit_code = 2
+
+
+class ConfigError(LatentSyncError):
+    """A configuration file or value is invalid."""
+
+
+class CheckpointError(LatentSyncError):
+    """A weight file is missing, unreadable, or does not match the model it is loaded into."""
+
+
+class InputError(LatentSyncError):
+    """A video or audio input cannot be used."""
+
+
+class DownloadError(LatentSyncError):
+    """Published weights could not be fetched."""
