@@ -346,3 +346,21 @@ def test_mel_window_lengths_and_start():
     assert w25.shape == (80, 80) and w25[0, 0] == 32
     with pytest.raises(ValueError, match="mel"):
         mel_window(mel, start_frame=110)  # 352 + 52 > 400
+
+
+# ---- regression ------------------------------------------------------------------------------------------
+
+
+def test_frame_embeddings_are_pinned_in_both_window_modes(encoder):
+    """Seeded regression (values produced once by this implementation after the checks above passed): a
+    seeded small Whisper on 65 s of seeded audio. Frame 0 lies in the first window in both modes; frames 700
+    and 760 straddle the 30 s boundary, where the modes differ."""
+    samples = tone_with_noise(LONG_S, seed=5)
+    expected = {
+        "reference": [-0.1977, 0.6940, 0.6697, -1.0939],
+        "overlap": [-0.1977, 0.5784, -0.3309, -0.4963],
+    }
+    for mode, values in expected.items():
+        frames = encoder.frame_embeddings(samples, window=mode)
+        assert frames.shape == (1627, 30, 64) and frames.dtype == torch.float32
+        torch.testing.assert_close(frames[[0, 700, 760, 1600], 7, 3], torch.tensor(values), atol=2e-4, rtol=1e-3)

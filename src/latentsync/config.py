@@ -330,18 +330,23 @@ class UNetConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
 
-def load_unet_config(config: str | Path | dict | UNetConfig, overrides: list[str] | None = None) -> UNetConfig:
-    """A UNet config from a YAML path, a packaged name ("stage2_512"), a mapping or a UNetConfig."""
-    if isinstance(config, UNetConfig):
+def _load_config(cls: type[T], kind: str, config, overrides: list[str] | None) -> T:
+    """`cls` from an instance, a mapping, a YAML path or a packaged name, with `key=value` overrides."""
+    if isinstance(config, cls):
         return config
     if isinstance(config, dict):
-        data, where = dict(config), "unet config"
+        data, where = dict(config), f"{kind} config"
     else:
-        path = resolve_config("unet", config)
+        path = resolve_config(kind, config)
         data, where = load_yaml(path), str(path)
     if overrides:
         apply_overrides(data, overrides)
-    return from_dict(UNetConfig, data, where)
+    return from_dict(cls, data, where)
+
+
+def load_unet_config(config: str | Path | dict | UNetConfig, overrides: list[str] | None = None) -> UNetConfig:
+    """A UNet config from a YAML path, a packaged name ("stage2_512"), a mapping or a UNetConfig."""
+    return _load_config(UNetConfig, "unet", config, overrides)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -430,13 +435,4 @@ def load_syncnet_config(
     config: str | Path | dict | SyncNetConfig, overrides: list[str] | None = None
 ) -> SyncNetConfig:
     """A SyncNet config from a YAML path, a packaged name ("syncnet_16_pixel_attn"), a mapping or a SyncNetConfig."""
-    if isinstance(config, SyncNetConfig):
-        return config
-    if isinstance(config, dict):
-        data, where = dict(config), "syncnet config"
-    else:
-        path = resolve_config("syncnet", config)
-        data, where = load_yaml(path), str(path)
-    if overrides:
-        apply_overrides(data, overrides)
-    return from_dict(SyncNetConfig, data, where)
+    return _load_config(SyncNetConfig, "syncnet", config, overrides)

@@ -196,6 +196,25 @@ def build(factory: Callable[[], nn.Module], *, device: torch.device, dtype: torc
     return model
 
 
+def load_module(
+    factory: Callable[[], nn.Module],
+    checkpoint: str | Path | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    optional: Callable[[str], bool] = lambda k: False,
+    hint: Callable[[KeyReport], str] | None = None,
+) -> nn.Module:
+    """`factory()` with the weights of `checkpoint` loaded strictly (see `materialize`), or freshly initialised
+    on `device` when there is no checkpoint; in eval mode."""
+    if checkpoint is None:
+        model = build(factory, device=device, dtype=dtype)
+    else:
+        model = materialize(factory, read_state_dict(checkpoint), device=device, dtype=dtype,
+                            source=str(checkpoint), optional=optional, hint=hint)
+    return model.eval()
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """None means the CPU (library default, as in diffusers); "auto" picks CUDA, then MPS, then the CPU."""
     if device is None:

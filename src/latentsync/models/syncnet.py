@@ -23,7 +23,7 @@ from torch.utils.checkpoint import checkpoint as grad_checkpoint
 
 from ..config import SyncNetConfig, SyncNetEncoderConfig, SyncNetModelConfig, load_syncnet_config
 from .attention import Attention, FeedForward
-from .checkpoint import KeyReport, atomic_torch_save, build, materialize, read_state_dict, resolve_device
+from .checkpoint import KeyReport, atomic_torch_save, load_module, resolve_device
 
 # Normalisation as in the published network (diffusers-style VAE blocks): 32 groups, eps 1e-6.
 NORM_GROUPS = 32
@@ -234,19 +234,8 @@ def load_syncnet(
     `CheckpointError` naming the file and the keys.
     """
     cfg = load_syncnet_config(config)
-    target = resolve_device(device)
-
-    def factory() -> StableSyncNet:
-        return StableSyncNet(cfg.model)
-
-    if checkpoint is None:
-        net = build(factory, device=target, dtype=dtype)
-    else:
-        state_dict = read_state_dict(checkpoint)
-        net = materialize(
-            factory, state_dict, device=target, dtype=dtype, source=str(checkpoint), hint=_mismatch_hint
-        )
-    return net.eval()
+    return load_module(lambda: StableSyncNet(cfg.model), checkpoint, device=resolve_device(device), dtype=dtype,
+                       hint=_mismatch_hint)
 
 
 def save_syncnet_checkpoint(net: nn.Module, path: str | Path, global_step: int = 0, **history: list) -> Path:

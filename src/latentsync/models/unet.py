@@ -31,7 +31,7 @@ from .checkpoint import (
     build,
     compare_keys,
     expected_shapes,
-    materialize,
+    load_module,
     read_state_dict,
     resolve_device,
 )
@@ -298,19 +298,13 @@ def load_unet(
     def factory() -> UNet3DConditionModel:
         return UNet3DConditionModel(cfg.model)
 
-    if checkpoint is None:
-        model = build(factory, device=device, dtype=dtype)
-    elif from_sd15:
+    if from_sd15 and checkpoint is not None:
         model, report = _init_from_sd15(factory, Path(checkpoint), device, dtype)
         model.load_report = report
         log.info("UNet from %s: %s", checkpoint, report.summary())
-    else:
-        state_dict = read_state_dict(checkpoint)
-        model = materialize(
-            factory, state_dict, device=device, dtype=dtype, source=str(checkpoint),
-            optional=_is_position_encoding, hint=_mismatch_hint,
-        )
-    return model.eval()
+        return model.eval()
+    return load_module(factory, checkpoint, device=device, dtype=dtype, optional=_is_position_encoding,
+                       hint=_mismatch_hint)
 
 
 def save_unet_checkpoint(model: UNet3DConditionModel, path: str | Path, global_step: int = 0) -> Path:
