@@ -14,7 +14,8 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip
 # shellcheck disable=SC2086  # torch_req may carry pip options such as --index-url
 "${pip[@]}" install -q $torch_req
-# openai-whisper's metadata requires triton on Linux; we only use its model and audio code.
-"${pip[@]}" install -q --no-deps openai-whisper==20250625
+# openai-whisper's metadata requires triton on Linux; we only use its model and audio code. mediapipe's pins
+# numpy<2 and pulls jax; its face solutions need neither. Their real dependencies are in pyproject.toml.
+"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21
 "${pip[@]}" install -q -e ".[test]"
 echo "latentsync is ready: .venv/bin/latentsync --help"

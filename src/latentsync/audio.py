@@ -46,7 +46,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
@@ -57,6 +56,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .errors import CheckpointError, InputError
+from .fileio import atomic_write
 from .media import decode_audio
 from .models.checkpoint import materialize, read_checkpoint, resolve_device
 
@@ -403,20 +403,13 @@ class WhisperAudioEncoder:
             "weights": self.weights_fingerprint,
             "dims": repr(asdict(self.dims)),
         }
-        tmp = None
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             # Written under a temporary name in the same folder, then renamed: readers never see half a file.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-            os.close(fd)
-            save_file({CACHE_TENSOR_NAME: hidden.contiguous()}, tmp, metadata=metadata)
-            os.replace(tmp, path)
+            with atomic_write(path) as tmp:
+                save_file({CACHE_TENSOR_NAME: hidden.contiguous()}, str(tmp), metadata=metadata)
         except OSError as e:
             # The cache is an optimisation: a read-only or full disk must not fail the run.
             log.warning("%s: cannot write audio cache entry (%s)", path, e)
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
 
 def _as_samples(audio) -> np.ndarray:

@@ -48,6 +48,122 @@ def _run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
+
+    g = p.add_argument_group("sampling")
+    g.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="denoising steps (default: %(default)s)")
+    g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                   help="classifier-free guidance scale; 1 disables guidance and halves the work "
+                        "(default: %(default)s)")
+    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="noise seed (default: %(default)s)")
+    g.add_argument("--scheduler", choices=["ddim", "dpm++"], default="ddim",
+                   help="ddim: the published sampler; dpm++: DPM-Solver++, good with fewer steps (default: ddim)")
+    g = p.add_argument_group("video")
+    g.add_argument("--face", default="largest",
+                   help="which face to sync when there are several: largest (default), center, or N (the N-th "
+                        "from the left, 0-based); it is then followed from frame to frame")
+    g.add_argument("--crf", type=int, default=18,
+                   help="H.264 quality, lower is better (default: 18, visually lossless)")
+    g = p.add_argument_group("hardware")
+    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
+                   help="auto: fp16 on CUDA, fp32 elsewhere (default: auto)")
+    g.add_argument("--face-backend", choices=["auto", "insightface", "mediapipe"], default="auto",
+                   help="auto: InsightFace (as published) when its ONNX files are in the checkpoints folder, "
+                        "else mediapipe (works offline)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="lip-sync a video to an audio track",
+        description=(
+            "Regenerate the mouth in VIDEO to match AUDIO and write OUT. The output has one frame per 40 ms of "
+            "audio at 25 fps: a shorter video is looped forward and backward, a longer one is cut. Frames "
+            "without a face are kept as they are. The audio of OUT is AUDIO itself (not a 16 kHz copy)."
+        ),
+    )
+    p.add_argument("--video", type=Path, required=True, help="input video (any format FFmpeg reads)")
+    p.add_argument("--audio", type=Path, required=True, help="speech: an audio file, or a video with sound")
+    p.add_argument("--out", type=Path, required=True, help="output video (.mp4, .mov or .mkv)")
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="weights folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", choices=["1.6", "1.5"], default=None,
+                       help="1.6: 512 px faces, 1.5: 256 px (default: what `latentsync download` installed, "
+                            "else 1.6)")
+    which.add_argument("--unet-config", default=None, help="a UNet config YAML instead of --version")
+    _add_inference_options(p)
+    p.set_defaults(func=_run_infer)
+
+
+def _run_infer(args: argparse.Namespace) -> int:
+    from .inference import LipSync, check_inputs
+
+    check_inputs(args.video, args.audio, args.out)  # before minutes of model loading
+    lipsync = LipSync(args.checkpoints, version=args.version, unet_config=args.unet_config, device=args.device,
+                      dtype=args.dtype, face_backend=args.face_backend)
+    return _run_job(lipsync, args.video, args.audio, args.out, args)
+
+
+def _run_job(lipsync, video: Path, audio: Path, out: Path, args: argparse.Namespace) -> int:
+    from .inference import InferenceOptions
+
+    options = InferenceOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
+                               face=args.face, crf=args.crf)
+    if not args.quiet:
+        print(f"faces: {lipsync.face_backend} backend; {lipsync.resolution} px; {lipsync.device}, "
+              f"{str(lipsync.dtype).removeprefix('torch.')}", file=sys.stderr)
+    result = lipsync.run(video, audio, out, options, progress=not args.quiet)
+    if not args.quiet:
+        busy = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
+        missing = f" ({result.frames_without_face} without a face, kept as they were)" \
+            if result.frames_without_face else ""
+        print(f"wrote {result.output}: {result.frames} frames{missing}; {busy}", file=sys.stderr)
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run the whole pipeline offline on tiny random weights (no download)",
+        description=(
+            "Writes tiny random-weight checkpoints (UNet, Whisper, VAE) into WORKDIR/checkpoints, makes a short "
+            "clip from a portrait shipped with matplotlib and synthetic speech, and lip-syncs them with the same "
+            "code as `latentsync infer`, into WORKDIR/demo.mp4. Random weights show the pipeline working, not "
+            "real lip sync: for that, run `latentsync download` and `latentsync infer`."
+        ),
+    )
+    p.add_argument("--workdir", type=Path, default=Path("demo"), help="folder to write into (default: ./demo)")
+    p.add_argument("--seconds", type=float, default=3.0, help="length of the demo clip (default: %(default)s)")
+    _add_inference_options(p)
+    p.set_defaults(func=_run_demo, steps=8)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import UNET_CONFIG_NAME, prepare_demo
+    from .inference import LipSync
+
+    checkpoints, video, audio = prepare_demo(args.workdir, seconds=args.seconds)
+    lipsync = LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device=args.device, dtype=args.dtype,
+                      face_backend=args.face_backend, audio_cache=False)
+    _run_job(lipsync, video, audio, args.workdir / "demo.mp4", args)
+    if not args.quiet:
+        print("note: these are random weights, so the mouth is regenerated by an untrained network and does not "
+              "follow the speech. For real lip sync: `latentsync download` then `latentsync infer --video ... "
+              "--audio ... --out ...`.", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentsync",
@@ -56,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"latentsync {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (loading reports, timings)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_infer(sub)
+    _add_demo(sub)
     _add_download(sub)
     return parser
 
@@ -67,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.command in ("infer", "demo"):
+        from . import stderr_filter
+
+        stderr_filter.install()  # mediapipe prints C++ notices whenever its graph starts
     try:
         return args.func(args)
     except LatentSyncError as e:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import CheckpointError, DownloadError
+from .fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -324,10 +325,8 @@ def _fetch(remote: Remote, version: str, root: Path, progress: bool) -> Path:
 
 
 def _write_version(root: Path, version: str) -> None:
-    path = CheckpointLayout(root).version_file
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(version + "\n")
-    os.replace(tmp, path)
+    with atomic_write(CheckpointLayout(root).version_file) as tmp:
+        tmp.write_text(version + "\n")
 
 
 def download(

@@ -13,9 +13,7 @@ tensor by tensor.
 from __future__ import annotations
 
 import logging
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -231,16 +230,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def atomic_torch_save(obj: object, path: str | Path) -> Path:
     """`torch.save` to a temporary file beside `path`, then rename: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())  # the rename must not land before the data does (power loss)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

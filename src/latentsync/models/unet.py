@@ -126,6 +126,8 @@ class UNet3DConditionModel(nn.Module):
 
         self.conv_norm_out = FrameGroupNorm(c.norm_num_groups, channels[0], eps=c.norm_eps)
         self.conv_out = nn.Conv2d(channels[0], c.out_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)  # zero-initialised as published (spec 3.2)
+        nn.init.zeros_(self.conv_out.bias)
 
     # ----------------------------------------------------------------------------------------------------
     @property

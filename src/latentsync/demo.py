@@ -1,0 +1,132 @@
+"""An offline demo: tiny random-weight checkpoints in the standard layout, a short talking-head clip made from a
+real portrait shipped inside a package, synthetic speech, and the real inference path over them.
+
+Random weights regenerate the mouth region with an untrained network: the output shows the pipeline working
+(detection, alignment, diffusion, paste-back, encoding), not lip sync. The published weights are fetched with
+`latentsync download`. Tests build their fixtures with the same functions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from .config import load_unet_config, to_dict
+from .media import VideoWriter, write_wav
+from .models.unet import load_unet, save_unet_checkpoint
+
+DEMO_RESOLUTION = 128  # face crop of the tiny demo model (the published models use 256 and 512)
+DEMO_FPS = 25.0
+SPEECH_RATE_HZ = 16_000
+UNET_CONFIG_NAME = "unet.yaml"  # written beside the tiny weights
+
+# Whisper tiny's encoder dimensions (the UNet's cross-attention expects 384-d tokens); the text decoder, which
+# latentsync never runs, is shrunk to keep the file small.
+TINY_WHISPER_DIMS = dict(
+    n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
+    n_vocab=64, n_text_ctx=8, n_text_state=64, n_text_head=2, n_text_layer=1,
+)
+# A small AutoencoderKL with SD's latent geometry (4 channels, 8x downsampling).
+TINY_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=32,
+    block_out_channels=(32, 32, 64, 64), sample_size=DEMO_RESOLUTION,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+)
+
+
+def portrait_path() -> Path:
+    """A real frontal portrait shipped with matplotlib (Grace Hopper, 512x600; public domain)."""
+    import matplotlib.cbook
+
+    return Path(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+
+
+def load_portrait() -> np.ndarray:
+    """The portrait as RGB uint8 (600, 512, 3)."""
+    import cv2
+
+    image = cv2.imread(str(portrait_path()), cv2.IMREAD_COLOR)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def write_tiny_checkpoints(root: str | Path, seed: int = 0, resolution: int = DEMO_RESOLUTION) -> Path:
+    """Random-weight UNet, Whisper and VAE in the published formats under `root` (the standard layout), plus the
+    UNet config `root/unet.yaml`. Returns `root`."""
+    from diffusers import AutoencoderKL
+    from whisper.model import ModelDimensions, Whisper
+
+    root = Path(root)
+    (root / "whisper").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+
+    config = load_unet_config("tiny/unet")
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, resolution=resolution))
+    (root / UNET_CONFIG_NAME).write_text(
+        "# Tiny random-weight UNet written by `latentsync demo` (no real lip sync).\n"
+        + yaml.safe_dump(to_dict(config), sort_keys=False)
+    )
+    unet = load_unet(config)
+    with torch.no_grad():  # move every weight off its init so the untrained network still depends on its input
+        for p in unet.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    save_unet_checkpoint(unet, root / "latentsync_unet.pt")
+
+    dims = ModelDimensions(**TINY_WHISPER_DIMS)
+    whisper = Whisper(dims).half()  # the published tiny.pt holds float16 weights
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper.state_dict()}, root / "whisper" / "tiny.pt")
+
+    AutoencoderKL(**TINY_VAE_CONFIG).save_pretrained(root / "sd-vae-ft-mse")
+    return root
+
+
+def synth_speech(seconds: float, seed: int = 0, sample_rate: int = SPEECH_RATE_HZ) -> np.ndarray:
+    """Speech-like audio, float32 mono: a voiced source (harmonics of a wandering 110-150 Hz pitch) shaped by
+    two moving formants and cut into syllables of ~250 ms with short pauses and noise bursts."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sample_rate)) / sample_rate
+    pitch = 130 + 20 * np.sin(2 * np.pi * 0.7 * t)  # Hz
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    formant1 = 500 + 300 * np.sin(2 * np.pi * 3.1 * t)  # Hz, sweeps like open/close vowels
+    formant2 = 1500 + 500 * np.sin(2 * np.pi * 2.3 * t + 1.0)
+    voiced = np.zeros_like(t)
+    for k in range(1, 40):
+        f = k * pitch
+        gain = np.exp(-(((f - formant1) / 150) ** 2)) + 0.5 * np.exp(-(((f - formant2) / 200) ** 2)) + 0.02
+        voiced += gain * np.sin(k * phase) / k
+    syllables = np.clip(np.sin(2 * np.pi * 4.0 * t), 0, None) ** 0.5  # ~4 syllables per second
+    pauses = (np.sin(2 * np.pi * 0.45 * t + 0.3) > -0.8).astype(float)
+    bursts = rng.standard_normal(t.shape) * (np.sin(2 * np.pi * 4.0 * t) < -0.9) * 0.3
+    audio = (voiced * syllables + bursts) * pauses
+    return (0.5 * audio / (np.abs(audio).max() + 1e-9)).astype(np.float32)
+
+
+def make_talking_clip(path: str | Path, seconds: float = 3.0, fps: float = DEMO_FPS,
+                      image: np.ndarray | None = None) -> Path:
+    """A short H.264 clip of the portrait with a gentle head-like motion (zoom and sway), no audio."""
+    import cv2
+
+    image = load_portrait() if image is None else image
+    h, w = image.shape[:2]
+    with VideoWriter(path, w, h, fps=fps) as writer:
+        for i in range(int(round(seconds * fps))):
+            t = i / fps
+            angle = 2.0 * np.sin(2 * np.pi * 0.4 * t)  # degrees
+            scale = 1.0 + 0.02 * np.sin(2 * np.pi * 0.3 * t)
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, scale)
+            m[:, 2] += (4 * np.sin(2 * np.pi * 0.5 * t), 2 * np.cos(2 * np.pi * 0.5 * t))
+            writer.write(cv2.warpAffine(image, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+    return Path(path)
+
+
+def prepare_demo(workdir: str | Path, seconds: float = 3.0) -> tuple[Path, Path, Path]:
+    """Write the tiny checkpoints, the clip and the speech into `workdir`; returns (checkpoints, video, audio)."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = write_tiny_checkpoints(workdir / "checkpoints")
+    video = make_talking_clip(workdir / "portrait.mp4", seconds=seconds)
+    audio = write_wav(workdir / "speech.wav", synth_speech(seconds), SPEECH_RATE_HZ)
+    return checkpoints, video, audio

@@ -1,0 +1,482 @@
+"""The one inference entry that touches files: stream a video in, lip-sync it to an audio track, stream it out.
+
+    decode (reader thread) -> detect + align (prepare thread, warps in a pool) -> denoise (caller's thread)
+        -> paste back + encode (writer thread)
+
+Stages are joined by bounded queues, so memory holds a few chunks of frames whatever the video's length
+(the reference keeps the whole video, every aligned face and every generated face in memory; spec 11).
+
+Lengths follow the reference (spec 2.2 steps 5, 10): the output has one frame per audio frame,
+`floor(N50 / 2) + 2` at 25 fps. A shorter video is played forward, backward, forward, ... ("ping-pong"); a
+longer one is cut. Alignment is computed once per source frame and reused when the frame comes back, as the
+reference does. Frames without a face are passed through untouched; the job fails only if no frame has one.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from .audio import WhisperAudioEncoder, frame_window, num_video_frames
+from .config import load_unet_config
+from .errors import InputError
+from .face.align import FaceAligner, restore_frames, warp_face
+from .face.detect import FaceTracker, check_rule, load_face_backend
+from .media import VideoReader, VideoWriter, check_output_path, decode_audio, probe_video
+from .models.checkpoint import resolve_device
+from .models.unet import load_unet
+from .models.vae import load_vae
+from .pipeline import CHUNK_FRAMES, DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, LipSyncPipeline, SamplingOptions
+from .weights import UNET_CONFIG_FOR_VERSION, CheckpointLayout, default_checkpoints_dir, installed_version
+
+log = logging.getLogger(__name__)
+
+FPS = 25.0  # LatentSync works at 25 video frames per second (Whisper tokens are 50 Hz: two per frame)
+DEFAULT_VERSION = "1.6"
+DEFAULT_CRF = 18  # x264 constant rate factor: 18 is visually lossless
+REVERSE_SEGMENT_FRAMES = 32  # frames decoded at once to play a stretch of video backwards
+QUEUE_CHUNKS = 2  # chunks in flight between stages
+MAX_PENDING_FRAMES = 4 * CHUNK_FRAMES  # a chunk is closed early when this many frames wait (long faceless runs)
+# A video whose frames run out well before the duration its container declares is damaged.
+TRUNCATED_FRACTION = 0.9
+TRUNCATED_SLACK_FRAMES = 2
+
+
+# --------------------------------------------------------------------------------------------------------
+# Options and results
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InferenceOptions:
+    """Per-job settings. `face`: "largest" (the reference), "center", or the index of a face from the left."""
+
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    seed: int = DEFAULT_SEED
+    scheduler: str = "ddim"
+    face: str | int = "largest"
+    crf: int = DEFAULT_CRF
+    audio_window: str = "overlap"
+
+
+@dataclass
+class InferenceResult:
+    output: Path | None  # None for `LipSync.process`
+    frames: int
+    frames_without_face: int
+    face_backend: str
+    seconds: dict[str, float] = field(default_factory=dict)  # busy time per stage
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """"auto": float16 on CUDA (what the published models were run and trained in), float32 elsewhere
+    (CPU half precision is slow; fp16 on MPS produces black frames, spec 10 item 13)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+    if dtype in names:
+        return names[dtype]
+    if dtype not in (None, "auto"):
+        raise ValueError(f"unknown dtype {dtype!r}; expected auto, fp16, bf16 or fp32")
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def check_inputs(video: str | Path, audio: str | Path, output: str | Path | None = None) -> None:
+    """Fail fast, before any model is loaded, on inputs that cannot work: a video that cannot be opened or has
+    no video stream, audio that cannot be decoded or is empty, an output that cannot be written. Raises
+    InputError with one line naming the file."""
+    probe_video(video)
+    decode_audio(audio)
+    if output is not None:
+        check_output_path(output)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Threaded stages
+# --------------------------------------------------------------------------------------------------------
+
+_DONE = object()
+
+
+class _Stage:
+    """Runs `produce(emit)` in a daemon thread; items come out of a bounded queue in order.
+
+    Exceptions raised in the thread are re-raised in the consumer; `close()` stops the producer early."""
+
+    def __init__(self, name: str, produce: Callable[[Callable[[object], None]], None], depth: int):
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.busy = 0.0
+        self.thread = threading.Thread(target=self._run, args=(produce,), name=name, daemon=True)
+        self.thread.start()
+
+    def _emit(self, item) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    def _run(self, produce) -> None:
+        try:
+            produce(self._emit)
+        except _Stopped:
+            pass
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
+            self.error = e
+        finally:
+            while True:  # the end marker must get through even if the consumer is slow
+                try:
+                    self.queue.put(_DONE, timeout=0.1)
+                    break
+                except queue.Full:
+                    if self.stop.is_set():
+                        break
+
+    def __iter__(self) -> Iterator:
+        while True:
+            item = self.queue.get()
+            if item is _DONE:
+                if self.error is not None:
+                    raise self.error
+                return
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.thread.join(timeout=10)
+
+
+class _Stopped(Exception):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------------
+# Frame order (ping-pong) and per-chunk data
+# --------------------------------------------------------------------------------------------------------
+
+
+def pingpong_index(j: int, n: int) -> int:
+    """Source frame shown at output position j when a video of n frames is looped forward, backward, ...
+    as the reference does (the turn repeats the end frame: ..., n-2, n-1, n-1, n-2, ...)."""
+    period, pos = divmod(j, n)
+    return pos if period % 2 == 0 else n - 1 - pos
+
+
+@dataclass
+class _Frame:
+    index: int  # output position
+    source: int  # source frame index
+    image: np.ndarray  # (h, w, 3) uint8 RGB
+    face: np.ndarray | None = None  # (R, R, 3) uint8 aligned crop
+    matrix: np.ndarray | None = None  # (2, 3) frame -> crop
+
+
+@dataclass
+class _Chunk:
+    frames: list[_Frame]
+    synced: torch.Tensor | None = None  # (n_with_face, R, R, 3) uint8
+
+    @property
+    def with_face(self) -> list[_Frame]:
+        return [f for f in self.frames if f.face is not None]
+
+
+# --------------------------------------------------------------------------------------------------------
+# The reusable object
+# --------------------------------------------------------------------------------------------------------
+
+
+class LipSync:
+    """The models, loaded once; `run()` lip-syncs one video per call.
+
+    Args:
+        checkpoints: the weights folder in `latentsync download`'s layout (default `$LATENTSYNC_CHECKPOINTS`
+            or ./checkpoints).
+        version: "1.6" (512 px) or "1.5" (256 px); picks the UNet config. Default: what `latentsync download`
+            installed there, else 1.6.
+        unet_config: a UNet YAML (or packaged name) instead of `version`; its `data.resolution` is used.
+        device: "auto", "cpu", "cuda", "mps" or a torch.device. dtype: "auto", "fp16", "bf16", "fp32".
+        face_backend: "auto" (InsightFace when its ONNX files are in the checkpoints folder, else mediapipe),
+            "insightface" or "mediapipe".
+        audio_cache: folder for cached audio features (None: the user cache; False: off).
+    """
+
+    def __init__(
+        self,
+        checkpoints: str | Path | None = None,
+        *,
+        version: str | None = None,
+        unet_config: str | Path | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+        face_backend: str = "auto",
+        audio_cache: str | Path | bool | None = None,
+    ):
+        root = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
+        layout = CheckpointLayout(root)
+        unet_path, whisper_path, vae_path = layout.require("unet", "whisper", "vae")
+        if unet_config is None:
+            version = version or installed_version(root) or DEFAULT_VERSION
+            if version not in UNET_CONFIG_FOR_VERSION:
+                raise ValueError(f"unknown version {version!r}; expected one of {', '.join(UNET_CONFIG_FOR_VERSION)}")
+            unet_config = UNET_CONFIG_FOR_VERSION[version]
+        config = load_unet_config(unet_config)
+        self.resolution = config.data.resolution
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        t0 = time.perf_counter()
+        unet = load_unet(config, unet_path, device=self.device, dtype=self.dtype)
+        vae = load_vae(vae_path, device=self.device, dtype=self.dtype)
+        self.pipeline = LipSyncPipeline(unet, vae, self.resolution)
+        self.audio_encoder = WhisperAudioEncoder(whisper_path, device=self.device, cache_dir=audio_cache)
+        self.checkpoints = root
+        self.face_backend_name = face_backend
+        # Opened once now so that missing files or a broken install are reported before any job; each job
+        # opens its own (trackers keep per-video state, and jobs may run concurrently).
+        with load_face_backend(face_backend, root) as backend:
+            self.face_backend: str = backend.name
+        log.info("models loaded in %.1f s (%s, %s, %d px, faces: %s)", time.perf_counter() - t0, self.device,
+                 self.dtype, self.resolution, self.face_backend)
+
+    def run(
+        self,
+        video: str | Path,
+        audio: str | Path,
+        output: str | Path,
+        options: InferenceOptions | None = None,
+        progress: bool = True,
+    ) -> InferenceResult:
+        """Lip-sync `video` to `audio` and write `output` (.mp4, .mov or .mkv) with `audio` as its sound track.
+
+        Raises InputError, in one line naming the file, for unusable inputs; when a job fails nothing is left
+        at `output` (an existing file there is only replaced by a finished result)."""
+        options = options or InferenceOptions()
+        video, audio, output = Path(video), Path(audio), Path(output)
+        info = probe_video(video)  # InputError: missing, unreadable, no video stream
+        hidden, seconds = self._audio_features(audio, options)
+        total = num_video_frames(hidden.shape[0], FPS)
+        with VideoWriter(output, info.width, info.height, fps=FPS, crf=options.crf, audio=audio,
+                         audio_duration_s=total / FPS) as writer:
+            result = self._process(video, info.frames_at(FPS), hidden, writer.write, options, progress)
+        result.output = output
+        result.seconds = {"audio": seconds, **result.seconds}
+        return result
+
+    def process(
+        self,
+        video: str | Path,
+        audio: str | Path,
+        sink: Callable[[np.ndarray], None],
+        options: InferenceOptions | None = None,
+        progress: bool = False,
+    ) -> InferenceResult:
+        """Like `run`, but hands each output frame (RGB uint8 (h, w, 3), in order, at 25 fps) to `sink` instead
+        of encoding: for streaming to a player, a network, or tests. `sink` is called from a worker thread."""
+        options = options or InferenceOptions()
+        info = probe_video(Path(video))
+        hidden, seconds = self._audio_features(Path(audio), options)
+        result = self._process(Path(video), info.frames_at(FPS), hidden, sink, options, progress)
+        result.seconds = {"audio": seconds, **result.seconds}
+        return result
+
+    def _audio_features(self, audio: Path, options: InferenceOptions) -> tuple[torch.Tensor, float]:
+        t0 = time.perf_counter()
+        hidden = self.audio_encoder.hidden_states(audio, window=options.audio_window)  # (N50, L, D)
+        return hidden, time.perf_counter() - t0
+
+    def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
+                 progress: bool) -> InferenceResult:
+        sampling = SamplingOptions(num_steps=options.steps, guidance_scale=options.guidance,
+                                   scheduler=options.scheduler)
+        total = num_video_frames(hidden.shape[0], FPS)
+        job = _Job(self, video, expected_frames, hidden, total, options, sampling, progress)
+        job.run(sink)
+        if job.frames_with_face == 0:  # raised before the writer is closed: it discards its file
+            raise InputError(f"{video}: no face found in any frame")
+        return InferenceResult(output=None, frames=total, frames_without_face=total - job.frames_with_face,
+                               face_backend=self.face_backend, seconds=dict(job.timings))
+
+
+class _Job:
+    """One run: owns the threads and the per-video state (tracker, aligner, alignment of each source frame)."""
+
+    def __init__(self, lipsync: LipSync, video: Path, expected_frames: int, hidden: torch.Tensor, total: int,
+                 options: InferenceOptions, sampling: SamplingOptions, progress: bool):
+        self.ls, self.video, self.hidden, self.total = lipsync, video, hidden, total
+        self.expected_frames = expected_frames  # from the container's duration, to recognise truncated files
+        self.options, self.sampling, self.progress = options, sampling, progress
+        self.resolution = lipsync.resolution
+        rule = check_rule(options.face)
+        # A fresh backend per job: video-mode trackers (mediapipe) carry state from frame to frame.
+        self.tracker = FaceTracker(load_face_backend(lipsync.face_backend_name, lipsync.checkpoints), rule=rule)
+        self.aligner = FaceAligner(lipsync.resolution)
+        self.alignment: dict[int, np.ndarray | None] = {}  # source index -> matrix (None: no face)
+        self.frames_with_face = 0
+        self.timings = {"decode": 0.0, "align": 0.0, "denoise": 0.0, "restore+encode": 0.0}
+        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="latentsync-warp")
+
+    # ---- stage 1: source frames in output order ------------------------------------------------------
+    def _read(self, emit) -> None:
+        reader = VideoReader(self.video, fps=FPS)
+        j = 0  # output position
+        t = time.perf_counter()
+        for i, image in enumerate(reader.frames()):
+            self.timings["decode"] += time.perf_counter() - t
+            if j == self.total:  # the video is longer than the audio: cut
+                return
+            emit(_Frame(index=j, source=i, image=image))
+            j += 1
+            t = time.perf_counter()
+        n_source = j
+        if n_source == 0:
+            raise InputError(f"{self.video}: no video frame could be decoded")
+        if n_source < TRUNCATED_FRACTION * self.expected_frames - TRUNCATED_SLACK_FRAMES:
+            raise InputError(f"{self.video}: the video stops after {n_source} of about {self.expected_frames} "
+                             "frames (truncated or corrupt file)")
+        # The audio is longer: replay the video backwards, forwards, ... (ping-pong). Backward passes decode a
+        # segment at a time and reverse it, so memory holds one segment, not the video.
+        segments = [(s, min(s + REVERSE_SEGMENT_FRAMES, n_source)) for s in range(0, n_source, REVERSE_SEGMENT_FRAMES)]
+        while j < self.total:
+            backward = (j // n_source) % 2 == 1
+            for start, stop in reversed(segments) if backward else segments:
+                t = time.perf_counter()
+                images = list(reader.frames(start, stop))
+                self.timings["decode"] += time.perf_counter() - t
+                sources = range(start, start + len(images))
+                pairs = zip(reversed(sources), reversed(images)) if backward else zip(sources, images)
+                for source, image in pairs:
+                    if j == self.total:
+                        return
+                    emit(_Frame(index=j, source=source, image=image))
+                    j += 1
+
+    # ---- stage 2: faces, alignment, chunks ------------------------------------------------------------
+    def _prepare(self, emit) -> None:
+        frames = _Stage("latentsync-read", self._read, depth=CHUNK_FRAMES)
+        try:
+            pending: list[_Frame] = []
+            with_face = 0
+            for frame in frames:
+                t = time.perf_counter()
+                if frame.source not in self.alignment:
+                    face = self.tracker.track(frame.image)
+                    self.alignment[frame.source] = (
+                        None if face is None else self.aligner.matrix(face.points)
+                    )
+                frame.matrix = self.alignment[frame.source]
+                pending.append(frame)
+                with_face += frame.matrix is not None
+                self.timings["align"] += time.perf_counter() - t
+                if with_face == CHUNK_FRAMES or len(pending) >= MAX_PENDING_FRAMES:
+                    emit(self._warp(pending))
+                    pending, with_face = [], 0
+            if pending:
+                emit(self._warp(pending))
+        finally:
+            frames.close()
+
+    def _warp(self, frames: list[_Frame]) -> _Chunk:
+        t = time.perf_counter()
+        todo = [f for f in frames if f.matrix is not None]
+        crops = self.pool.map(lambda f: warp_face(f.image, f.matrix, self.resolution), todo)
+        for f, crop in zip(todo, crops):
+            f.face = crop
+        self.timings["align"] += time.perf_counter() - t
+        return _Chunk(frames)
+
+    # ---- stage 4: paste back and encode --------------------------------------------------------------
+    def _finish(self, chunks: "queue.Queue", sink: Callable[[np.ndarray], None], bar) -> None:
+        while True:
+            chunk = chunks.get()
+            if chunk is _DONE:
+                return
+            t = time.perf_counter()
+            faced = chunk.with_face
+            images = [f.image for f in faced]
+            faces = [chunk.synced[k].numpy() for k in range(len(faced))]
+            restored = restore_frames(images, faces, [f.matrix for f in faced], pool=self.pool, inplace=True)
+            for f, image in zip(faced, restored):
+                f.image = image
+            for f in chunk.frames:
+                sink(f.image)
+            self.timings["restore+encode"] += time.perf_counter() - t
+            if bar is not None:
+                bar.update(len(chunk.frames))
+
+    # ---- stage 3 (caller's thread): denoise ----------------------------------------------------------
+    def run(self, sink: Callable[[np.ndarray], None]) -> None:
+        bar = _progress_bar(self.total, self.progress)
+        noise = self.ls.pipeline.initial_noise(self.options.seed)
+        generator = torch.Generator().manual_seed(self.options.seed)
+        chunks = _Stage("latentsync-prepare", self._prepare, depth=QUEUE_CHUNKS)
+        finished: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        errors: list[BaseException] = []
+
+        def finish() -> None:
+            try:
+                self._finish(finished, sink, bar)
+            except BaseException as e:  # noqa: BLE001 - re-raised below
+                errors.append(e)
+                while finished.get() is not _DONE:  # drain so the producer never blocks
+                    pass
+
+        consumer = threading.Thread(target=finish, name="latentsync-write", daemon=True)
+        consumer.start()
+        try:
+            for chunk in chunks:
+                if errors:
+                    break
+                faced = chunk.with_face
+                self.frames_with_face += len(faced)
+                if faced:
+                    t = time.perf_counter()
+                    faces = torch.from_numpy(np.stack([f.face for f in faced]))  # (n, R, R, 3)
+                    tokens = self._tokens([f.index for f in faced])  # (n, t, d)
+                    chunk.synced = self.ls.pipeline(faces, tokens, noise, self.sampling, generator=generator)
+                    self.timings["denoise"] += time.perf_counter() - t
+                finished.put(chunk)
+        finally:
+            chunks.close()
+            finished.put(_DONE)
+            consumer.join()
+            self.pool.shutdown()
+            self.tracker.close()
+            if bar is not None:
+                bar.close()
+        if errors:
+            raise errors[0]
+
+    def _tokens(self, indices: list[int]) -> torch.Tensor:
+        """Audio tokens of the given output frames, (n, t, d), sliced from the 50 Hz hidden states."""
+        if indices == list(range(indices[0], indices[0] + len(indices))):
+            return frame_window(self.hidden, indices[0], len(indices), fps=FPS)
+        return torch.cat([frame_window(self.hidden, i, 1, fps=FPS) for i in indices])
+
+
+def _progress_bar(total: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="lip sync", unit="frame", dynamic_ncols=True)
+
+

@@ -1,0 +1,154 @@
+"""Lip sync on tensors: regenerate the mouth of aligned face crops, chunk by chunk, from audio tokens.
+
+This is the published algorithm (spec 2.2 steps 7-8, 12) with no file paths and no video: `inference.py` owns
+reading, face alignment, pasting back and writing. For one chunk of f aligned faces (f <= 24, normally 16):
+
+1. reference = the face in [-1, 1]; masked = reference x mouth mask (the mouth region blacked out);
+2. both are VAE-encoded (posterior *samples*, x 0.18215) and the mask is resized to the latent grid (nearest);
+3. starting from the job's initial noise (one latent frame, repeated over every frame of the video), DDIM
+   runs `num_steps` steps on the 13-channel input `[noisy, mask, masked latents, reference latents]`, with
+   classifier-free guidance whose unconditional branch has all-zero audio tokens;
+4. the result is decoded and only the mouth region is taken from it: `out = decoded (1 - m) + reference m`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange, repeat
+
+from .face.mask import latent_mask, mouth_mask_tensor
+from .models.unet import UNet3DConditionModel
+from .models.vae import VAE_DOWNSAMPLING, VAE_LATENT_CHANNELS, decode_frames, encode_frames
+
+log = logging.getLogger(__name__)
+
+# configs/scheduler_config.json of the reference (spec 2.1): SD 1.x's scaled-linear betas, "leading" spacing.
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+    timestep_spacing="leading",
+)
+SCHEDULERS = ("ddim", "dpm++")
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 1.5
+DEFAULT_SEED = 1247
+CHUNK_FRAMES = 16  # frames per UNet call, as trained; the temporal position encoding allows up to 24
+
+
+def make_scheduler(kind: str = "ddim"):
+    """A fresh diffusers scheduler: "ddim" (the published sampler) or "dpm++" (DPM-Solver++ multistep, which
+    reaches similar quality in fewer steps)."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    ddim = DDIMScheduler(**SCHEDULER_CONFIG)
+    if kind == "ddim":
+        return ddim
+    if kind == "dpm++":  # the same noise schedule; from_config drops the DDIM-only keys
+        return DPMSolverMultistepScheduler.from_config(ddim.config, algorithm_type="dpmsolver++")
+    raise ValueError(f"unknown scheduler {kind!r}; expected one of {', '.join(SCHEDULERS)}")
+
+
+@dataclass
+class SamplingOptions:
+    """How a chunk is denoised. `guidance_scale <= 1` skips the unconditional branch entirely."""
+
+    num_steps: int = DEFAULT_STEPS
+    guidance_scale: float = DEFAULT_GUIDANCE
+    scheduler: str = "ddim"
+    eta: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
+
+
+class LipSyncPipeline:
+    """UNet + VAE + mouth mask; `__call__` turns a chunk of aligned faces and audio tokens into synced faces.
+
+    Built once and reused for many chunks and jobs; holds no per-job state except what `__call__` is given.
+    The device and dtype are the UNet's.
+    """
+
+    def __init__(self, unet: UNet3DConditionModel, vae, resolution: int):
+        if resolution % VAE_DOWNSAMPLING:
+            raise ValueError(f"resolution {resolution} is not a multiple of {VAE_DOWNSAMPLING}")
+        self.unet, self.vae, self.resolution = unet, vae, resolution
+        self.device, self.dtype = unet.device, unet.dtype
+        # 1 = keep, 0 = regenerate; (1, R, R) in pixels and (1, R/8, R/8) on the latent grid.
+        self.pixel_mask = mouth_mask_tensor(resolution, device=self.device, dtype=torch.float32)
+        self.latent_mask = latent_mask(resolution).to(device=self.device, dtype=self.dtype)
+
+    @property
+    def latent_size(self) -> int:
+        return self.resolution // VAE_DOWNSAMPLING
+
+    def initial_noise(self, seed: int) -> torch.Tensor:
+        """The one latent frame every frame of a job starts from, (1, 4, 1, R/8, R/8) on the UNet's device.
+
+        Drawn on the CPU from `seed`, so a seed gives the same video on any device."""
+        g = torch.Generator().manual_seed(seed)
+        shape = (1, VAE_LATENT_CHANNELS, 1, self.latent_size, self.latent_size)
+        return torch.randn(shape, generator=g).to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        faces: torch.Tensor,
+        audio_tokens: torch.Tensor,
+        noise: torch.Tensor,
+        options: SamplingOptions = SamplingOptions(),
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """faces (f, R, R, 3) uint8, audio tokens (f, t, d), noise from `initial_noise` -> synced faces
+        (f, R, R, 3) uint8 on the CPU. `generator` drives the VAE posterior samples."""
+        f = faces.shape[0]
+        if audio_tokens.shape[0] != f:
+            raise ValueError(f"{f} faces but audio tokens for {audio_tokens.shape[0]} frames")
+        reference = rearrange(faces.to(self.device), "f h w c -> f c h w").float() / 127.5 - 1.0  # f 3 R R
+        masked = reference * self.pixel_mask  # f 3 R R, mouth region -> 0
+        # One VAE pass for both (the reference encodes them separately), masked first.
+        latents = encode_frames(self.vae, torch.cat([masked, reference]), generator=generator)  # 2f 4 r r
+        latents = rearrange(latents.to(self.dtype), "(n f) c h w -> n c f h w", n=2)
+        masked_latents, reference_latents = latents[0:1], latents[1:2]  # 1 4 f r r each
+        mask = repeat(self.latent_mask, "c h w -> 1 c f h w", f=f)  # 1 1 f r r
+        conditions = torch.cat([mask, masked_latents, reference_latents], dim=1)  # 1 9 f r r
+
+        audio = audio_tokens.to(self.device, self.dtype)  # f t d
+        guided = options.guidance_scale > 1.0
+        if guided:
+            audio = torch.cat([torch.zeros_like(audio), audio])  # (2 f) t d: [unconditional, conditional]
+            conditions = torch.cat([conditions, conditions])
+
+        scheduler = make_scheduler(options.scheduler)  # fresh per chunk: multistep solvers keep history
+        scheduler.set_timesteps(options.num_steps, device=self.device)
+        x = noise.repeat(1, 1, f, 1, 1) * scheduler.init_noise_sigma  # 1 4 f r r
+        for t in scheduler.timesteps:
+            x_in = torch.cat([x, x]) if guided else x
+            x_in = scheduler.scale_model_input(x_in, t)
+            eps = self.unet(torch.cat([x_in, conditions], dim=1), t, encoder_hidden_states=audio)  # b 4 f r r
+            if guided:
+                eps_uncond, eps_cond = eps.chunk(2)
+                eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)
+            x = scheduler.step(eps, t, x, **self._step_kwargs(scheduler, options, generator)).prev_sample
+
+        decoded = decode_frames(self.vae, rearrange(x, "1 c f h w -> f c h w")).float()  # f 3 R R
+        out = decoded.clamp(-1, 1) * (1 - self.pixel_mask) + reference * self.pixel_mask
+        out = ((out + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return rearrange(out, "f c h w -> f h w c").cpu()
+
+    @staticmethod
+    def _step_kwargs(scheduler, options: SamplingOptions, generator) -> dict:
+        if options.scheduler == "ddim":
+            return {"eta": options.eta, "generator": generator}
+        return {"generator": generator}

@@ -1,0 +1,130 @@
+"""LipSyncPipeline: the published chunk algorithm on tensors (masking, 13-channel input, guidance, noise)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from latentsync.demo import DEMO_RESOLUTION, UNET_CONFIG_NAME, write_tiny_checkpoints
+from latentsync.face.mask import mouth_mask
+from latentsync.models import load_unet
+from latentsync.models.vae import load_vae
+from latentsync.pipeline import LipSyncPipeline, SamplingOptions, make_scheduler
+
+R = DEMO_RESOLUTION
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def pipeline(checkpoints):
+    unet = load_unet(checkpoints / UNET_CONFIG_NAME, checkpoints / "latentsync_unet.pt")
+    vae = load_vae(checkpoints / "sd-vae-ft-mse")
+    return LipSyncPipeline(unet, vae, R)
+
+
+def faces_and_tokens(f: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    faces = torch.randint(0, 256, (f, R, R, 3), generator=g, dtype=torch.uint8)
+    return faces, torch.randn(f, 50, 384, generator=g)
+
+
+FAST = SamplingOptions(num_steps=3, guidance_scale=1.5)
+
+
+def run(pipeline, faces, tokens, seed=7, options=FAST):
+    return pipeline(faces, tokens, pipeline.initial_noise(seed), options, generator=torch.Generator().manual_seed(1))
+
+
+def test_only_the_mouth_region_changes(pipeline):
+    faces, tokens = faces_and_tokens(5)
+    out = run(pipeline, faces, tokens)
+    assert out.shape == faces.shape and out.dtype == torch.uint8
+    keep = torch.tensor(mouth_mask(R)) == 1.0  # pixels the mask keeps entirely
+    regenerate = torch.tensor(mouth_mask(R)) == 0.0
+    # Kept pixels come back exactly (the paste uses the face itself there); the mouth is generated.
+    assert torch.equal(out[:, keep], faces[:, keep])
+    assert (out[:, regenerate].float() - faces[:, regenerate].float()).abs().mean() > 10
+
+
+def test_seeds_make_runs_reproducible(pipeline):
+    faces, tokens = faces_and_tokens(3)
+    assert torch.equal(run(pipeline, faces, tokens, seed=3), run(pipeline, faces, tokens, seed=3))
+    assert not torch.equal(run(pipeline, faces, tokens, seed=3), run(pipeline, faces, tokens, seed=4))
+
+
+def test_guidance_doubles_the_batch_with_zero_audio_first(pipeline, monkeypatch):
+    calls = []
+    forward = pipeline.unet.forward
+
+    def spy(sample, timestep, encoder_hidden_states=None):
+        calls.append((sample.shape[0], encoder_hidden_states.clone()))
+        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+
+    monkeypatch.setattr(pipeline.unet, "forward", spy)
+    faces, tokens = faces_and_tokens(4)
+    run(pipeline, faces, tokens, options=SamplingOptions(num_steps=2, guidance_scale=1.5))
+    assert [b for b, _ in calls] == [2, 2]
+    audio = calls[0][1]  # (2 * 4, 50, 384): [unconditional frames, conditional frames]
+    assert torch.count_nonzero(audio[:4]) == 0
+    torch.testing.assert_close(audio[4:], tokens)
+    calls.clear()
+    run(pipeline, faces, tokens, options=SamplingOptions(num_steps=2, guidance_scale=1.0))
+    assert [b for b, _ in calls] == [1, 1]  # guidance 1 skips the unconditional branch entirely
+
+
+def test_thirteen_channel_input_order(pipeline, monkeypatch):
+    seen = []
+    forward = pipeline.unet.forward
+
+    def spy(sample, timestep, encoder_hidden_states=None):
+        seen.append(sample.clone())
+        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+
+    monkeypatch.setattr(pipeline.unet, "forward", spy)
+    faces, tokens = faces_and_tokens(2)
+    run(pipeline, faces, tokens, options=SamplingOptions(num_steps=1, guidance_scale=1.0))
+    x = seen[0]  # (1, 13, 2, r, r)
+    assert x.shape == (1, 13, 2, R // 8, R // 8)
+    torch.testing.assert_close(x[:, 4], pipeline.latent_mask.expand(2, -1, -1)[None])  # channel 4: the mask
+    # Channels 0-3 start as the job noise, the same latent frame for every frame.
+    torch.testing.assert_close(x[:, :4, 0], x[:, :4, 1])
+    torch.testing.assert_close(x[:, :4, :1], pipeline.initial_noise(7))
+    # Masked-face latents (5-8) differ from reference latents (9-12): the mouth is blacked out in the former.
+    assert (x[:, 5:9] - x[:, 9:13]).abs().mean() > 1e-3
+
+
+def test_frames_share_the_initial_noise(pipeline, checkpoints):
+    """An untrained UNet predicts no noise (its conv_out starts at zero), so each frame's latent is a function of
+    the shared initial noise alone: the regenerated mouths are identical although the faces differ."""
+    plain = LipSyncPipeline(load_unet(checkpoints / UNET_CONFIG_NAME), pipeline.vae, R)
+    faces, tokens = faces_and_tokens(3)
+    out = run(plain, faces, tokens)
+    regenerate = torch.tensor(mouth_mask(R)) == 0.0
+    assert torch.equal(out[0][regenerate], out[1][regenerate])
+    assert torch.equal(out[0][regenerate], out[2][regenerate])
+    assert not torch.equal(faces[0][regenerate], faces[1][regenerate])
+
+
+def test_dpm_solver_runs_and_differs_from_ddim(pipeline):
+    faces, tokens = faces_and_tokens(2)
+    ddim = run(pipeline, faces, tokens, options=SamplingOptions(num_steps=3, scheduler="ddim"))
+    dpm = run(pipeline, faces, tokens, options=SamplingOptions(num_steps=3, scheduler="dpm++"))
+    assert dpm.shape == ddim.shape and not torch.equal(dpm, ddim)
+
+
+def test_published_ddim_timesteps():
+    scheduler = make_scheduler("ddim")
+    scheduler.set_timesteps(20)
+    assert scheduler.timesteps.tolist() == list(range(951, 0, -50))  # 951, 901, ..., 1 (spec 2.1)
+
+
+def test_bad_arguments(pipeline):
+    faces, tokens = faces_and_tokens(3)
+    with pytest.raises(ValueError, match="3 faces but audio tokens for 2 frames"):
+        run(pipeline, faces, tokens[:2])
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        SamplingOptions(scheduler="euler")
