@@ -49,6 +49,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    from .media import DEFAULT_PRESET, X264_PRESETS
     from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
 
     g = p.add_argument_group("sampling")
@@ -65,6 +66,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                         "from the left, 0-based); it is then followed from frame to frame")
     g.add_argument("--crf", type=int, default=18,
                    help="H.264 quality, lower is better (default: 18, visually lossless)")
+    g.add_argument("--preset", choices=X264_PRESETS, default=DEFAULT_PRESET,
+                   help="H.264 encoder speed: slower presets make smaller files at the same quality "
+                        "(default: %(default)s)")
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
@@ -119,7 +123,7 @@ def _run_job(lipsync, video: Path, audio: Path, out: Path, args: argparse.Namesp
     from .inference import InferenceOptions
 
     options = InferenceOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
-                               face=args.face, crf=args.crf)
+                               face=args.face, crf=args.crf, preset=args.preset)
     if not args.quiet:
         print(f"faces: {lipsync.face_backend} backend; {lipsync.resolution} px; {lipsync.device}, "
               f"{str(lipsync.dtype).removeprefix('torch.')}", file=sys.stderr)

@@ -31,7 +31,7 @@ from .config import load_unet_config
 from .errors import InputError
 from .face.align import FaceAligner, restore_frames, warp_face
 from .face.detect import FaceTracker, check_rule, load_face_backend
-from .media import VideoReader, VideoWriter, check_output_path, decode_audio, probe_video
+from .media import DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_video
 from .models.checkpoint import resolve_device
 from .models.unet import load_unet
 from .models.vae import load_vae
@@ -44,7 +44,11 @@ FPS = 25.0  # LatentSync works at 25 video frames per second (Whisper tokens are
 DEFAULT_VERSION = "1.6"
 DEFAULT_CRF = 18  # x264 constant rate factor: 18 is visually lossless
 REVERSE_SEGMENT_FRAMES = 32  # frames decoded at once to play a stretch of video backwards
-QUEUE_CHUNKS = 2  # chunks in flight between stages
+# In flight between stages: a few full frames from the decoder, one chunk each between the other stages (enough
+# for decoding/alignment of chunk k+1 and paste-back/encoding of chunk k-1 to overlap denoising of chunk k).
+# At 1080p a frame is 6 MB: about 90 frames, 0.5 GB, are in memory at the peak, whatever the video's length.
+READ_AHEAD_FRAMES = CHUNK_FRAMES // 2
+QUEUE_CHUNKS = 1
 MAX_PENDING_FRAMES = 4 * CHUNK_FRAMES  # a chunk is closed early when this many frames wait (long faceless runs)
 # A video whose frames run out well before the duration its container declares is damaged.
 TRUNCATED_FRACTION = 0.9
@@ -66,6 +70,7 @@ class InferenceOptions:
     scheduler: str = "ddim"
     face: str | int = "largest"
     crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
     audio_window: str = "overlap"
 
 
@@ -117,7 +122,6 @@ class _Stage:
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self.error: BaseException | None = None
-        self.busy = 0.0
         self.thread = threading.Thread(target=self._run, args=(produce,), name=name, daemon=True)
         self.thread.start()
 
@@ -272,10 +276,10 @@ class LipSync:
         options = options or InferenceOptions()
         video, audio, output = Path(video), Path(audio), Path(output)
         info = probe_video(video)  # InputError: missing, unreadable, no video stream
-        hidden, seconds = self._audio_features(audio, options)
+        hidden, seconds = self._audio_features(audio, options, progress)
         total = num_video_frames(hidden.shape[0], FPS)
-        with VideoWriter(output, info.width, info.height, fps=FPS, crf=options.crf, audio=audio,
-                         audio_duration_s=total / FPS) as writer:
+        with VideoWriter(output, info.width, info.height, fps=FPS, crf=options.crf, preset=options.preset,
+                         audio=audio, audio_duration_s=total / FPS) as writer:
             result = self._process(video, info.frames_at(FPS), hidden, writer.write, options, progress)
         result.output = output
         result.seconds = {"audio": seconds, **result.seconds}
@@ -293,13 +297,14 @@ class LipSync:
         of encoding: for streaming to a player, a network, or tests. `sink` is called from a worker thread."""
         options = options or InferenceOptions()
         info = probe_video(Path(video))
-        hidden, seconds = self._audio_features(Path(audio), options)
+        hidden, seconds = self._audio_features(Path(audio), options, progress)
         result = self._process(Path(video), info.frames_at(FPS), hidden, sink, options, progress)
         result.seconds = {"audio": seconds, **result.seconds}
         return result
 
-    def _audio_features(self, audio: Path, options: InferenceOptions) -> tuple[torch.Tensor, float]:
+    def _audio_features(self, audio: Path, options: InferenceOptions, progress: bool) -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
+        self.audio_encoder.progress = progress  # a bar over the 30 s windows of long audio
         hidden = self.audio_encoder.hidden_states(audio, window=options.audio_window)  # (N50, L, D)
         return hidden, time.perf_counter() - t0
 
@@ -371,7 +376,7 @@ class _Job:
 
     # ---- stage 2: faces, alignment, chunks ------------------------------------------------------------
     def _prepare(self, emit) -> None:
-        frames = _Stage("latentsync-read", self._read, depth=CHUNK_FRAMES)
+        frames = _Stage("latentsync-read", self._read, depth=READ_AHEAD_FRAMES)
         try:
             pending: list[_Frame] = []
             with_face = 0

