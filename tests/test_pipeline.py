@@ -60,9 +60,9 @@ def test_guidance_doubles_the_batch_with_zero_audio_first(pipeline, monkeypatch)
     calls = []
     forward = pipeline.unet.forward
 
-    def spy(sample, timestep, encoder_hidden_states=None):
+    def spy(sample, timestep, encoder_hidden_states=None, **kwargs):
         calls.append((sample.shape[0], encoder_hidden_states.clone()))
-        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
 
     monkeypatch.setattr(pipeline.unet, "forward", spy)
     faces, tokens = faces_and_tokens(4)
@@ -80,9 +80,9 @@ def test_thirteen_channel_input_order(pipeline, monkeypatch):
     seen = []
     forward = pipeline.unet.forward
 
-    def spy(sample, timestep, encoder_hidden_states=None):
+    def spy(sample, timestep, encoder_hidden_states=None, **kwargs):
         seen.append(sample.clone())
-        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states)
+        return forward(sample, timestep, encoder_hidden_states=encoder_hidden_states, **kwargs)
 
     monkeypatch.setattr(pipeline.unet, "forward", spy)
     faces, tokens = faces_and_tokens(2)
@@ -128,3 +128,16 @@ def test_bad_arguments(pipeline):
         run(pipeline, faces, tokens[:2])
     with pytest.raises(ValueError, match="unknown scheduler"):
         SamplingOptions(scheduler="euler")
+
+
+def test_deepcache_runs_the_deep_layers_every_nth_step(pipeline, monkeypatch):
+    calls = []
+    mid = pipeline.unet.mid_block.forward
+    monkeypatch.setattr(pipeline.unet.mid_block, "forward", lambda *a, **k: calls.append(1) or mid(*a, **k))
+    faces, tokens = faces_and_tokens(3)
+    exact = run(pipeline, faces, tokens, options=SamplingOptions(num_steps=5))
+    assert len(calls) == 5
+    calls.clear()
+    cached = run(pipeline, faces, tokens, options=SamplingOptions(num_steps=5, deepcache_interval=3))
+    assert len(calls) == 2  # steps 0 and 3 (the cache restarts with each chunk)
+    assert cached.shape == exact.shape and not torch.equal(cached, exact)

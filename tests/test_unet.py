@@ -413,3 +413,54 @@ def test_saved_checkpoint_is_the_published_format(tmp_path):
     stored = torch.load(path, weights_only=True)
     assert set(stored) == {"global_step", "state_dict"} and stored["global_step"] == 5
     assert [p.name for p in path.parent.iterdir()] == ["checkpoint-5.pt"]  # no temporary files left behind
+
+
+# --------------------------------------------------------------------------------------------------------
+# DeepCache
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("branch", [0, 1])
+def test_deep_cache_shallow_step_reproduces_the_full_step(branch):
+    """On the same input and timestep, the shallow path fed the features kept by the full pass must give the
+    full pass's output: the right layer is cached and the fresh skips are the right ones."""
+    from latentsync.models.unet import DeepCache
+
+    model = tiny_unet()
+    x, audio = tiny_inputs(f=3)
+    cache = DeepCache(interval=3, branch=branch)
+    with torch.no_grad():
+        full = model(x, 400, audio, deep_cache=cache)
+        assert cache.features is not None and not cache.full_step
+        shallow = model(x, 400, audio, deep_cache=cache)
+    torch.testing.assert_close(shallow, full, atol=1e-5, rtol=1e-5)
+
+
+def test_deep_cache_skips_the_deep_layers_between_full_steps(monkeypatch):
+    from latentsync.models.unet import DeepCache
+
+    model = tiny_unet()
+    calls = []
+    mid = model.mid_block.forward
+    monkeypatch.setattr(model.mid_block, "forward", lambda *a, **k: calls.append(1) or mid(*a, **k))
+    x, audio = tiny_inputs(f=2)
+    cache = DeepCache(interval=3)
+    outputs = []
+    with torch.no_grad():
+        for step, t in enumerate([900, 800, 700, 600, 500]):
+            outputs.append(model(x + 0.1 * step, t, audio, deep_cache=cache))
+    assert len(calls) == 2  # full passes at calls 0 and 3 only
+    assert not torch.allclose(outputs[1], outputs[2])  # shallow steps still follow their input and timestep
+    with pytest.raises(ValueError, match="exceeds"):
+        model(x, 1, audio, deep_cache=DeepCache(branch=2))  # the tiny UNet has one layer per down block
+
+
+def test_deep_cache_with_interval_one_is_exact():
+    from latentsync.models.unet import DeepCache
+
+    model = tiny_unet()
+    x, audio = tiny_inputs(f=2)
+    cache = DeepCache(interval=1)
+    with torch.no_grad():
+        for t in (900, 500):
+            torch.testing.assert_close(model(x, t, audio, deep_cache=cache), model(x, t, audio), atol=0, rtol=0)

@@ -68,6 +68,7 @@ class InferenceOptions:
     guidance: float = DEFAULT_GUIDANCE
     seed: int = DEFAULT_SEED
     scheduler: str = "ddim"
+    deepcache: int = 0  # reuse deep UNet features: a full pass every N steps (3 as published); 0: off
     face: str | int = "largest"
     crf: int = DEFAULT_CRF
     preset: str = DEFAULT_PRESET
@@ -311,7 +312,7 @@ class LipSync:
     def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
                  progress: bool) -> InferenceResult:
         sampling = SamplingOptions(num_steps=options.steps, guidance_scale=options.guidance,
-                                   scheduler=options.scheduler)
+                                   scheduler=options.scheduler, deepcache_interval=options.deepcache)
         total = num_video_frames(hidden.shape[0], FPS)
         job = _Job(self, video, expected_frames, hidden, total, options, sampling, progress)
         job.run(sink)

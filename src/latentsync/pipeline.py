@@ -20,7 +20,7 @@ import torch
 from einops import rearrange, repeat
 
 from .face.mask import latent_mask, mouth_mask_tensor
-from .models.unet import UNet3DConditionModel
+from .models.unet import DeepCache, UNet3DConditionModel
 from .models.vae import VAE_DOWNSAMPLING, VAE_LATENT_CHANNELS, decode_frames, encode_frames
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class SamplingOptions:
     guidance_scale: float = DEFAULT_GUIDANCE
     scheduler: str = "ddim"
     eta: float = 0.0
+    deepcache_interval: int = 0  # 0: off; 3 is the published pipeline's setting (spec 2.3)
+    deepcache_branch: int = 0
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -133,10 +135,12 @@ class LipSyncPipeline:
         scheduler = make_scheduler(options.scheduler)  # fresh per chunk: multistep solvers keep history
         scheduler.set_timesteps(options.num_steps, device=self.device)
         x = noise.repeat(1, 1, f, 1, 1) * scheduler.init_noise_sigma  # 1 4 f r r
+        cache = DeepCache(options.deepcache_interval, options.deepcache_branch) if options.deepcache_interval else None
         for t in scheduler.timesteps:
             x_in = torch.cat([x, x]) if guided else x
             x_in = scheduler.scale_model_input(x_in, t)
-            eps = self.unet(torch.cat([x_in, conditions], dim=1), t, encoder_hidden_states=audio)  # b 4 f r r
+            eps = self.unet(torch.cat([x_in, conditions], dim=1), t, encoder_hidden_states=audio,
+                            deep_cache=cache)  # b 4 f r r
             if guided:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)

@@ -67,6 +67,30 @@ class TimestepEmbedding(nn.Module):
         return self.linear_2(F.silu(self.linear_1(x)))
 
 
+class DeepCache:
+    """Reuse of the UNet's deep features across denoising steps (DeepCache, Ma et al. 2023, arXiv 2312.00858).
+
+    Every `interval`-th call runs the whole UNet and keeps the input of the last up block's layer
+    `L - 1 - branch` (L = layers per up block); the calls in between run only the shallow path: `conv_in`, the
+    first `branch` layers of the first down block, the last `branch + 1` layers of the last up block (fed the
+    kept features and fresh skips), and `conv_out`. With `interval=3, branch=0` this computes what the published
+    pipeline's DeepCache (package DeepCache 0.1.1, `cache_interval=3, cache_branch_id=0`) computes, without
+    re-running the temporal layers it still ran on cached inputs. Use one object per chunk: the step count
+    restarts with each chunk, as in the reference.
+    """
+
+    def __init__(self, interval: int = 3, branch: int = 0):
+        if interval < 1 or branch < 0:
+            raise ValueError(f"DeepCache needs interval >= 1 and branch >= 0, got {interval} and {branch}")
+        self.interval, self.branch = interval, branch
+        self.calls = 0
+        self.features: torch.Tensor | None = None
+
+    @property
+    def full_step(self) -> bool:
+        return self.features is None or self.calls % self.interval == 0
+
+
 class UNet3DConditionModel(nn.Module):
     """See the module docstring. Build from a `UNetModelConfig` (the `model:` section of a UNet YAML)."""
 
@@ -148,9 +172,10 @@ class UNet3DConditionModel(nn.Module):
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
         encoder_hidden_states: torch.Tensor | None = None,
+        deep_cache: DeepCache | None = None,
     ) -> torch.Tensor:
         """sample (b, c_in, f, h, w), timestep scalar or (b,), audio (b*f, t, d) or (b, f, t, d) or None
-        -> predicted noise (b, c_out, f, h, w)."""
+        -> predicted noise (b, c_out, f, h, w). `deep_cache`: reuse deep features across the steps of a chunk."""
         b, _, f, h, w = sample.shape
         audio = encoder_hidden_states
         if audio is not None:
@@ -173,18 +198,46 @@ class UNet3DConditionModel(nn.Module):
 
         x = rearrange(sample.to(self.dtype), "b c f h w -> (b f) c h w")
         x = self.conv_in(x)  # (b f) c0 h w
+        if deep_cache is not None and not deep_cache.full_step:
+            x = self._shallow(x, temb, audio, f, deep_cache)
+        else:
+            x = self._full(x, temb, audio, f, deep_cache)
+        if deep_cache is not None:
+            deep_cache.calls += 1
+        x = self.conv_out(F.silu(self.conv_norm_out(x, f)))  # (b f) c_out h w
+        return rearrange(x, "(b f) c h w -> b c f h w", f=f)
+
+    def _full(self, x, temb, audio, f: int, deep_cache: DeepCache | None):
         skips = [x]
         for block in self.down_blocks:
             x, block_skips = block(x, temb, audio, f)
             skips += block_skips
         x = self.mid_block(x, temb, audio, f)
-        for block in self.up_blocks:
+        capture = None
+        if deep_cache is not None:
+            capture = {"layer": self._deep_cache_layer(deep_cache)}
+        for i, block in enumerate(self.up_blocks):
             n_layers = len(block.resnets)
             block_skips, skips = skips[-n_layers:], skips[:-n_layers]
             size = skips[-1].shape[-2:] if skips else None  # upsample to the next skip's exact size
-            x = block(x, block_skips, temb, audio, f, upsample_size=size)
-        x = self.conv_out(F.silu(self.conv_norm_out(x, f)))  # (b f) c_out h w
-        return rearrange(x, "(b f) c h w -> b c f h w", f=f)
+            last = i == len(self.up_blocks) - 1
+            x = block(x, block_skips, temb, audio, f, upsample_size=size, capture=capture if last else None)
+        if capture is not None:
+            deep_cache.features = capture["input"]
+        return x
+
+    def _shallow(self, x, temb, audio, f: int, deep_cache: DeepCache):
+        start = self._deep_cache_layer(deep_cache)
+        _, skips = self.down_blocks[0](x, temb, audio, f, layers=deep_cache.branch)
+        return self.up_blocks[-1](deep_cache.features, [x, *skips], temb, audio, f, start=start)
+
+    def _deep_cache_layer(self, deep_cache: DeepCache) -> int:
+        """The layer of the last up block whose input is cached."""
+        layers = len(self.up_blocks[-1].resnets)
+        if deep_cache.branch > self.config.layers_per_block:
+            raise ValueError(f"DeepCache branch {deep_cache.branch} exceeds the {self.config.layers_per_block} "
+                             "layers of the first down block")
+        return layers - 1 - deep_cache.branch
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -86,12 +86,14 @@ class DownBlock(_Block):
             nn.ModuleList([Downsample(spec.out_channels, downsample_padding)]) if add_downsample else None
         )
 
-    def forward(self, x, temb, audio, num_frames: int):
+    def forward(self, x, temb, audio, num_frames: int, layers: int | None = None):
+        """All layers and the downsampler; or, with `layers=k`, only the first k layers (DeepCache's shallow
+        path), without downsampling."""
         skips = []
-        for i in range(len(self.resnets)):
+        for i in range(len(self.resnets) if layers is None else layers):
             x = self._layer(i, x, temb, audio, num_frames)
             skips.append(x)
-        if self.downsamplers is not None:
+        if self.downsamplers is not None and layers is None:
             x = self.downsamplers[0](x)
             skips.append(x)
         return x, skips
@@ -140,8 +142,13 @@ class UpBlock(_Block):
         self._build_layers(spec, ins)
         self.upsamplers = nn.ModuleList([Upsample(spec.out_channels)]) if add_upsample else None
 
-    def forward(self, x, skips: list[torch.Tensor], temb, audio, num_frames: int, upsample_size=None):
-        for i in range(len(self.resnets)):
+    def forward(self, x, skips: list[torch.Tensor], temb, audio, num_frames: int, upsample_size=None,
+                start: int = 0, capture: dict | None = None):
+        """Layers `start`... (DeepCache's shallow path starts late, on a cached input); with `capture`, the input
+        of layer `capture["layer"]` is stored in `capture["input"]`."""
+        for i in range(start, len(self.resnets)):
+            if capture is not None and i == capture["layer"]:
+                capture["input"] = x
             x = torch.cat([x, skips.pop()], dim=1)  # (b f) (c + skip) h w
             x = self._layer(i, x, temb, audio, num_frames)
         if self.upsamplers is not None:
