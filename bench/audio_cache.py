@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from latentsync.audio import SAMPLE_RATE_HZ, WhisperAudioEncoder
+from latentsync.demo import TINY_WHISPER_DIMS
 from latentsync.media import write_wav
 
 TARGET_SPEEDUP = 20.0
@@ -30,26 +31,11 @@ SEED = 0
 TONE_HZ = 220.0
 TONE_AMPLITUDE = 0.3
 NOISE_AMPLITUDE = 0.05
-# Whisper tiny's encoder (spec 4); the text decoder is token-sized since only the encoder is loaded.
-TINY_DIMS = dict(
-    n_mels=80,
-    n_audio_ctx=1500,
-    n_audio_state=384,
-    n_audio_head=6,
-    n_audio_layer=4,
-    n_vocab=64,
-    n_text_ctx=8,
-    n_text_state=32,
-    n_text_head=2,
-    n_text_layer=1,
-)
-
-
 def write_tiny_checkpoint(path: Path) -> Path:
     from whisper.model import ModelDimensions, Whisper
 
     torch.manual_seed(SEED)
-    dims = ModelDimensions(**TINY_DIMS)
+    dims = ModelDimensions(**TINY_WHISPER_DIMS)  # Whisper tiny's encoder; a token-sized text decoder
     torch.save({"dims": asdict(dims), "model_state_dict": Whisper(dims).state_dict()}, path)
     return path
 

@@ -31,7 +31,7 @@ from .config import load_unet_config
 from .errors import InputError
 from .face.align import FaceAligner, restore_frames, warp_face
 from .face.detect import FaceTracker, check_rule, load_face_backend
-from .media import DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_video
+from .media import DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, probe_audio, probe_video
 from .models.checkpoint import resolve_device
 from .models.unet import load_unet
 from .models.vae import load_vae
@@ -102,7 +102,7 @@ def check_inputs(video: str | Path, audio: str | Path, output: str | Path | None
     no video stream, audio that cannot be decoded or is empty, an output that cannot be written. Raises
     InputError with one line naming the file."""
     probe_video(video)
-    decode_audio(audio)
+    probe_audio(audio)
     if output is not None:
         check_output_path(output)
 

@@ -74,6 +74,31 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = DEFAULT_SAMPLE_RATE
     return samples.astype(np.float32) / np.float32(S16_FULL_SCALE)
 
 
+def probe_audio(path: str | os.PathLike) -> tuple[int, int]:
+    """(sample rate, channels) of the first audio track of `path`, after decoding its first samples: a cheap
+    check that the file is usable, for failing fast before a long job. Raises InputError like `decode_audio`."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    try:
+        container = av.open(str(path), mode="r")
+    except (av.FFmpegError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a readable audio or video file ({_reason(e)})") from None
+    with container:
+        if not container.streams.audio:
+            raise InputError(f"{path}: has no audio track")
+        stream = container.streams.audio[0]
+        try:
+            for frame in container.decode(stream):
+                if frame.samples > 0:
+                    return frame.sample_rate, len(frame.layout.channels)
+        except av.FFmpegError as e:
+            raise InputError(f"{path}: corrupt audio track ({_reason(e)})") from None
+    raise InputError(f"{path}: the audio track is empty")
+
+
 def write_wav(path: str | os.PathLike, samples, sample_rate: int = DEFAULT_SAMPLE_RATE_HZ) -> Path:
     """Write float samples in [-1, 1] as a 16-bit PCM WAV; `samples` is (n,) mono or (n, channels).
 
