@@ -32,6 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..models.vae import VAE_DOWNSAMPLING
+
 CANVAS_PX = 256  # the published mask is drawn at 256 x 256 and resized to the model resolution
 KEEP, REGENERATE = 255, 0  # uint8 values of the binary canvas (the PNG's white and black)
 
@@ -45,8 +47,6 @@ CHIN_BOTTOM_PX = 243  # the taper's lowest point (pixel rows up to 242 are regen
 LOBE_TOP_PX = 95
 LOBE_CENTRE_X_PX = 45  # left lobe; the right lobe is its mirror image about the face centre
 LOBE_HALF_WIDTH_PX = 36
-
-VAE_DOWNSAMPLING = 8  # pixels per latent cell
 
 
 def _canvas() -> np.ndarray:
