@@ -112,29 +112,37 @@ class LipSyncPipeline:
         options: SamplingOptions = SamplingOptions(),
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """faces (f, R, R, 3) uint8, audio tokens (f, t, d), noise from `initial_noise` -> synced faces
-        (f, R, R, 3) uint8 on the CPU. `generator` drives the VAE posterior samples."""
-        f = faces.shape[0]
-        if audio_tokens.shape[0] != f:
-            raise ValueError(f"{f} faces but audio tokens for {audio_tokens.shape[0]} frames")
-        reference = rearrange(faces.to(self.device), "f h w c -> f c h w").float() / 127.5 - 1.0  # f 3 R R
-        masked = reference * self.pixel_mask  # f 3 R R, mouth region -> 0
-        # One VAE pass for both (the reference encodes them separately), masked first.
-        latents = encode_frames(self.vae, torch.cat([masked, reference]), generator=generator)  # 2f 4 r r
-        latents = rearrange(latents.to(self.dtype), "(n f) c h w -> n c f h w", n=2)
-        masked_latents, reference_latents = latents[0:1], latents[1:2]  # 1 4 f r r each
-        mask = repeat(self.latent_mask, "c h w -> 1 c f h w", f=f)  # 1 1 f r r
-        conditions = torch.cat([mask, masked_latents, reference_latents], dim=1)  # 1 9 f r r
+        """One chunk: faces (f, R, R, 3) uint8 and audio tokens (f, t, d); or n chunks of equal length in one
+        batch: (n, f, R, R, 3) and (n, f, t, d). `noise` comes from `initial_noise`. Returns the synced faces,
+        uint8 on the CPU, shaped like `faces`. `generator` drives the VAE posterior samples.
 
-        audio = audio_tokens.to(self.device, self.dtype)  # f t d
+        A batch of chunks gives the results of calling chunk by chunk: each chunk is its own sample to the UNet,
+        so its GroupNorm statistics stay its own, and the VAE encodes chunk by chunk in the same order."""
+        single = faces.dim() == 4
+        if single:
+            faces, audio_tokens = faces[None], audio_tokens[None]
+        n, f = faces.shape[:2]
+        if audio_tokens.shape[:2] != (n, f):
+            raise ValueError(f"{n} x {f} faces but audio tokens for {tuple(audio_tokens.shape[:2])} frames")
+        reference = rearrange(faces.to(self.device), "n f h w c -> n f c h w").float() / 127.5 - 1.0  # n f 3 R R
+        masked = reference * self.pixel_mask  # n f 3 R R, mouth region -> 0
+        # Both through the VAE in one call per chunk (the reference encodes them separately), masked first.
+        latents = torch.stack([encode_frames(self.vae, torch.cat([masked[i], reference[i]]), generator=generator)
+                               for i in range(n)])  # n 2f 4 r r
+        latents = rearrange(latents.to(self.dtype), "n (two f) c h w -> two n c f h w", two=2)
+        masked_latents, reference_latents = latents[0], latents[1]  # n 4 f r r each
+        mask = repeat(self.latent_mask, "c h w -> n c f h w", n=n, f=f)  # n 1 f r r
+        conditions = torch.cat([mask, masked_latents, reference_latents], dim=1)  # n 9 f r r
+
+        audio = rearrange(audio_tokens.to(self.device, self.dtype), "n f t d -> (n f) t d")
         guided = options.guidance_scale > 1.0
         if guided:
-            audio = torch.cat([torch.zeros_like(audio), audio])  # (2 f) t d: [unconditional, conditional]
+            audio = torch.cat([torch.zeros_like(audio), audio])  # (2 n f) t d: [unconditional, conditional]
             conditions = torch.cat([conditions, conditions])
 
-        scheduler = make_scheduler(options.scheduler)  # fresh per chunk: multistep solvers keep history
+        scheduler = make_scheduler(options.scheduler)  # fresh per call: multistep solvers keep history
         scheduler.set_timesteps(options.num_steps, device=self.device)
-        x = noise.repeat(1, 1, f, 1, 1) * scheduler.init_noise_sigma  # 1 4 f r r
+        x = noise.repeat(n, 1, f, 1, 1) * scheduler.init_noise_sigma  # n 4 f r r
         cache = DeepCache(options.deepcache_interval, options.deepcache_branch) if options.deepcache_interval else None
         for t in scheduler.timesteps:
             x_in = torch.cat([x, x]) if guided else x
@@ -146,10 +154,12 @@ class LipSyncPipeline:
                 eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)
             x = scheduler.step(eps, t, x, **self._step_kwargs(scheduler, options, generator)).prev_sample
 
-        decoded = decode_frames(self.vae, rearrange(x, "1 c f h w -> f c h w")).float()  # f 3 R R
+        decoded = decode_frames(self.vae, rearrange(x, "n c f h w -> (n f) c h w")).float()  # (n f) 3 R R
+        reference = rearrange(reference, "n f c h w -> (n f) c h w")
         out = decoded.clamp(-1, 1) * (1 - self.pixel_mask) + reference * self.pixel_mask
         out = ((out + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return rearrange(out, "f c h w -> f h w c").cpu()
+        out = rearrange(out, "(n f) c h w -> n f h w c", n=n).cpu()
+        return out[0] if single else out
 
     @staticmethod
     def _step_kwargs(scheduler, options: SamplingOptions, generator) -> dict:
