@@ -154,3 +154,22 @@ def test_a_batch_of_chunks_equals_chunk_by_chunk(pipeline):
     assert batched.shape == (2, 4, R, R, 3)
     for got, want in zip(batched, one_by_one):
         assert (got.int() - want.int()).abs().max() <= 1  # rounding of float noise from other batch shapes
+
+
+def test_split_guidance_gives_the_same_faces(pipeline, monkeypatch):
+    faces, tokens = faces_and_tokens(3)
+    together = run(pipeline, faces, tokens, options=SamplingOptions(num_steps=3, guidance_scale=1.5))
+    batches = []
+    forward = pipeline.unet.forward
+    monkeypatch.setattr(pipeline.unet, "forward",
+                        lambda sample, *a, **k: batches.append(sample.shape[0]) or forward(sample, *a, **k))
+    split = run(pipeline, faces, tokens, options=SamplingOptions(num_steps=3, guidance_scale=1.5,
+                                                                 split_guidance=True, deepcache_interval=2))
+    assert batches == [1, 1] * 3  # two half-size calls per step
+    plain = run(pipeline, faces, tokens, options=SamplingOptions(num_steps=3, guidance_scale=1.5,
+                                                                 deepcache_interval=2))
+    assert (split.int() - plain.int()).abs().max() <= 1
+    monkeypatch.undo()
+    assert (run(pipeline, faces, tokens, options=SamplingOptions(num_steps=3, guidance_scale=1.5,
+                                                                 split_guidance=True)).int()
+            - together.int()).abs().max() <= 1

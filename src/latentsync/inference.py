@@ -70,6 +70,7 @@ class InferenceOptions:
     scheduler: str = "ddim"
     deepcache: int = 0  # reuse deep UNet features: a full pass every N steps (3 as published); 0: off
     batch_chunks: int = 1  # 16-frame chunks per UNet call (more: faster on a large GPU, same results)
+    low_memory: bool = False  # guidance's two branches as two UNet calls: half the activation memory
     face: str | int = "largest"
     crf: int = DEFAULT_CRF
     preset: str = DEFAULT_PRESET
@@ -224,6 +225,7 @@ class LipSync:
         face_backend: "auto" (InsightFace when its ONNX files are in the checkpoints folder, else mediapipe),
             "insightface" or "mediapipe".
         audio_cache: folder for cached audio features (None: the user cache; False: off).
+        compile: `torch.compile` the UNet and the VAE decoder (slow first chunk, faster after).
     """
 
     def __init__(
@@ -236,6 +238,7 @@ class LipSync:
         dtype: str | torch.dtype = "auto",
         face_backend: str = "auto",
         audio_cache: str | Path | bool | None = None,
+        compile: bool = False,
     ):
         root = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
         layout = CheckpointLayout(root)
@@ -252,6 +255,10 @@ class LipSync:
         t0 = time.perf_counter()
         unet = load_unet(config, unet_path, device=self.device, dtype=self.dtype)
         vae = load_vae(vae_path, device=self.device, dtype=self.dtype)
+        if compile:
+            # The first chunk (and each new chunk length) pays the compilation; worth it for long videos on a GPU.
+            unet.forward = torch.compile(unet.forward)
+            vae.decoder = torch.compile(vae.decoder)
         self.pipeline = LipSyncPipeline(unet, vae, self.resolution)
         self.audio_encoder = WhisperAudioEncoder(whisper_path, device=self.device, cache_dir=audio_cache)
         self.checkpoints = root
@@ -313,7 +320,8 @@ class LipSync:
     def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
                  progress: bool) -> InferenceResult:
         sampling = SamplingOptions(num_steps=options.steps, guidance_scale=options.guidance,
-                                   scheduler=options.scheduler, deepcache_interval=options.deepcache)
+                                   scheduler=options.scheduler, deepcache_interval=options.deepcache,
+                                   split_guidance=options.low_memory)
         total = num_video_frames(hidden.shape[0], FPS)
         job = _Job(self, video, expected_frames, hidden, total, options, sampling, progress)
         job.run(sink)

@@ -67,6 +67,9 @@ class SamplingOptions:
     eta: float = 0.0
     deepcache_interval: int = 0  # 0: off; 3 is the published pipeline's setting (spec 2.3)
     deepcache_branch: int = 0
+    # Run guidance's two branches as two UNet calls of half the batch: half the activation memory (for 8-12 GB
+    # GPUs running 1.6), the same results, somewhat slower.
+    split_guidance: bool = False
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -136,19 +139,25 @@ class LipSyncPipeline:
 
         audio = rearrange(audio_tokens.to(self.device, self.dtype), "n f t d -> (n f) t d")
         guided = options.guidance_scale > 1.0
-        if guided:
-            audio = torch.cat([torch.zeros_like(audio), audio])  # (2 n f) t d: [unconditional, conditional]
-            conditions = torch.cat([conditions, conditions])
+        # One UNet call per entry: (audio, DeepCache state). Guidance adds the unconditional branch (all-zero
+        # audio), in the same call (batch doubled) or, with split_guidance, in a call of its own.
+        branches = [audio] if not guided else [torch.zeros_like(audio), audio]
+        if guided and not options.split_guidance:
+            branches = [torch.cat(branches)]  # (2 n f) t d: [unconditional, conditional]
+        caches = [DeepCache(options.deepcache_interval, options.deepcache_branch) if options.deepcache_interval
+                  else None for _ in branches]
 
         scheduler = make_scheduler(options.scheduler)  # fresh per call: multistep solvers keep history
         scheduler.set_timesteps(options.num_steps, device=self.device)
         x = noise.repeat(n, 1, f, 1, 1) * scheduler.init_noise_sigma  # n 4 f r r
-        cache = DeepCache(options.deepcache_interval, options.deepcache_branch) if options.deepcache_interval else None
         for t in scheduler.timesteps:
-            x_in = torch.cat([x, x]) if guided else x
-            x_in = scheduler.scale_model_input(x_in, t)
-            eps = self.unet(torch.cat([x_in, conditions], dim=1), t, encoder_hidden_states=audio,
-                            deep_cache=cache)  # b 4 f r r
+            x_t = scheduler.scale_model_input(x, t)
+            eps = torch.cat([
+                self.unet(torch.cat([x_t.repeat(a.shape[0] // (n * f), 1, 1, 1, 1),
+                                     conditions.repeat(a.shape[0] // (n * f), 1, 1, 1, 1)], dim=1),
+                          t, encoder_hidden_states=a, deep_cache=cache)
+                for a, cache in zip(branches, caches)
+            ])  # b 4 f r r, unconditional first when guided
             if guided:
                 eps_uncond, eps_cond = eps.chunk(2)
                 eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)

@@ -1,0 +1,1 @@
+"""Training: datasets over processed clips, losses, and the SyncNet / UNet training loops (spec 7)."""
