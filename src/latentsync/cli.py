@@ -259,12 +259,16 @@ def _print_result(data: dict, as_json: bool, text: str) -> None:
 
 def _run_eval_sync(args: argparse.Namespace) -> int:
     from .evaluation.sync_confidence import evaluate_videos, format_results
+    from .face.detect import load_face_backend
 
-    checkpoint = args.checkpoint or _layout(args).require("syncnet_v2")[0]
-    results = evaluate_videos(args.videos, checkpoint, backend=args.face_backend, vshift=args.vshift,
-                              device=args.device)
-    print(format_results(args.videos, results, as_json=args.json))
-    return 0
+    layout = _layout(args)
+    checkpoint = args.checkpoint or layout.require("syncnet_v2")[0]
+    with load_face_backend(args.face_backend, layout.root) as backend:
+        # One bad video is reported in its row; the others are still scored.
+        results = evaluate_videos(args.videos, checkpoint, backend=backend, vshift=args.vshift,
+                                  device=_device(args.device), skip_errors=True)
+    print(format_results(results, as_json=args.json))
+    return 2 if any(r.error for r in results) else 0
 
 
 def _run_eval_fvd(args: argparse.Namespace) -> int:
