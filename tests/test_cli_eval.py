@@ -91,3 +91,11 @@ def test_top_level_help_lists_every_command(capsys):
     assert exit_info.value.code == 0
     for command in ("infer", "demo", "eval", "download"):
         assert command in out
+
+
+def test_eval_fid_without_weights_names_file_and_source(talking, tmp_path, capsys):
+    code, _, err = run_cli(capsys, "eval", "fid", str(talking.parent), str(talking.parent),
+                           "--checkpoints", str(tmp_path))
+    err = err.strip()
+    assert code == 2 and "\n" not in err
+    assert "pt_inception-2015-12-05-6726825d.pth" in err and "github.com/mseitzer/pytorch-fid" in err

@@ -466,3 +466,18 @@ def test_compare_videos(tmp_path):
     other_size = write_video(tmp_path / "wide.mp4", lambda i: np.zeros((32, 48, 3), np.uint8), n=10, size=(48, 32))
     with pytest.raises(InputError, match="frame size"):
         compare_videos(source, other_size)
+
+
+def test_frechet_trace_equals_scipy_sqrtm_of_the_product():
+    """The eigenvalue route to tr((s1 s2)^(1/2)) against scipy's sqrtm, the usual implementation, including a
+    singular covariance (fewer samples than dimensions, as FVD on few videos)."""
+    import scipy.linalg
+
+    rng = np.random.default_rng(0)
+    for n, d in ((200, 32), (10, 32)):
+        a, b = rng.standard_normal((n, d)), rng.standard_normal((n, d)) * 1.5 + 0.3
+        mu1, s1 = a.mean(0), np.cov(a, rowvar=False)
+        mu2, s2 = b.mean(0), np.cov(b, rowvar=False)
+        tr = np.trace(scipy.linalg.sqrtm(s1 @ s2)).real
+        expected = (mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * tr
+        assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-6, abs=1e-6)

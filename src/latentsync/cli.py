@@ -221,6 +221,20 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_run_eval_fvd)
 
+    q = ev.add_parser("fid", help="FID over video frames (Inception pool3 features)",
+                      description="Fréchet Inception Distance over frames: 16 evenly spread frames of every video, "
+                                  "face-cropped like FVD, resized to 299. Needs pytorch-fid's Inception weights "
+                                  "(pt_inception-2015-12-05-6726825d.pth) in auxiliary/ of the checkpoints folder.")
+    q.add_argument("real", type=Path)
+    q.add_argument("generated", type=Path)
+    q.add_argument("--weights", type=Path, default=None, help="the Inception weight file (default: auxiliary/)")
+    q.add_argument("--checkpoints", type=Path, default=None, help="weights folder (default: ./checkpoints)")
+    q.add_argument("--frames", type=_positive_int, default=16, help="frames per video (default: %(default)s)")
+    q.add_argument("--crop", choices=["face", "center", "none"], default="face")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=_run_eval_fid)
+
     q = ev.add_parser("frames", help="PSNR and SSIM of a generated video against its source",
                       description="Frame-by-frame PSNR and SSIM (self-reconstruction: the video lip-synced to "
                                   "its own audio against the original). Both videos must have the same length.")
@@ -277,6 +291,16 @@ def _run_eval_fvd(args: argparse.Namespace) -> int:
     value = fvd(args.real, args.generated, crop=args.crop, value_range=args.value_range,
                 batch_size=args.batch_size, device=_device(args.device))
     _print_result({"fvd": value}, args.json, f"FVD {value:.2f}")
+    return 0
+
+
+def _run_eval_fid(args: argparse.Namespace) -> int:
+    from .evaluation.fid import frame_fid
+
+    weights = args.weights or _layout(args).fid_inception
+    value = frame_fid(args.real, args.generated, weights=weights, frames_per_video=args.frames, crop=args.crop,
+                      device=_device(args.device))
+    _print_result({"fid": value}, args.json, f"FID {value:.2f}")
     return 0
 
 

@@ -114,7 +114,7 @@ class CheckpointLayout:
     # Names accepted by `require`, in the order they are reported.
     NAMES = (
         "unet", "whisper", "vae", "syncnet", "syncnet_v2", "sfd_face", "koniq", "videomae", "i3d", "vgg16",
-        "insightface_det", "insightface_landmarks",
+        "fid_inception", "insightface_det", "insightface_landmarks",
     )
 
     def __post_init__(self) -> None:
@@ -172,6 +172,12 @@ class CheckpointLayout:
     def vgg16(self) -> Path:
         """torchvision VGG16 (LPIPS)."""
         return self.auxiliary / "vgg16-397923af.pth"
+
+    @property
+    def fid_inception(self) -> Path:
+        """pytorch-fid's Inception weights (FID); published on GitHub, not on the Hub: `latentsync download`
+        does not fetch it (load_fid_inception's error names its URL)."""
+        return self.auxiliary / "pt_inception-2015-12-05-6726825d.pth"
 
     @property
     def insightface_det(self) -> Path:

@@ -29,14 +29,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Union
 
 import cv2
 import numpy as np
-import scipy.linalg
 import torch
 from einops import rearrange
 from tqdm.auto import tqdm
@@ -62,8 +60,7 @@ VALUE_RANGES = {"latentsync": (0.0, 1.0), "standard": (-1.0, 1.0)}
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
 # Fréchet distance numerics (as pytorch-fid / the TF-GAN implementation handle them).
-SQRTM_EPS = 1e-6  # added to both diagonals when the product's square root is not finite
-IMAG_TOLERANCE = 1e-3  # relative size of an imaginary part worth a warning
+SQRTM_EPS = 1e-6  # kept for callers passing eps; the eigenvalue route needs no regularisation
 
 PathLike = Union[str, os.PathLike]
 Videos = Union[PathLike, Sequence[PathLike]]
@@ -84,32 +81,23 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
     ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^(1/2)).
 
-    The square root of the (generally non-symmetric) product is `scipy.linalg.sqrtm`. If it is not finite (a
-    singular product), `eps * I` is added to both covariances and it is taken again. Rounding can leave a
-    small imaginary part (the exact root of a product of two PSD matrices has real, non-negative eigenvalues);
-    it is discarded, with a warning if it is not small.
+    The trace of the square root is computed from symmetric eigendecompositions: for positive semi-definite
+    covariances, sigma1 sigma2 is similar to S sigma2 S with S = sigma1^(1/2) (symmetric PSD), so
+    tr((sigma1 sigma2)^(1/2)) = sum of the square roots of the eigenvalues of S sigma2 S. This equals what
+    `scipy.linalg.sqrtm` of the product gives (the usual implementation) but is real by construction and much
+    faster for 2048-d features. Eigenvalues that rounding makes slightly negative are clipped at 0; `eps` is
+    kept for signature compatibility (no regularisation is needed).
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"mismatched statistics: mu {mu1.shape} / {mu2.shape}, sigma {sigma1.shape} / {sigma2.shape}")
     diff = mu1 - mu2
-    with warnings.catch_warnings():
-        # With no more samples than dimensions (FVD on up to 400 videos) the product is singular and scipy warns
-        # on every call; such a product usually still has a root, and where it has none the result is not finite.
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():
-            log.warning("Fréchet distance: sqrtm of the covariance product failed; adding %g to the diagonals", eps)
-            offset = np.eye(len(mu1)) * eps
-            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        imag = np.abs(np.diagonal(covmean).imag).max()
-        scale = max(np.abs(np.diagonal(covmean).real).max(), 1.0)
-        if imag > IMAG_TOLERANCE * scale:
-            log.warning("Fréchet distance: discarding an imaginary component of %.3g in sqrtm (few samples?)", imag)
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)  # symmetrised against rounding
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # sigma1^(1/2)
+    inner = root1 @ sigma2 @ root1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((inner + inner.T) / 2), 0.0, None)).sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
 # ---- clips ----------------------------------------------------------------------------------------------------
@@ -155,7 +143,7 @@ class FaceCropper:
         self.close()
 
 
-def _center_square(frame: np.ndarray) -> np.ndarray:
+def center_square(frame: np.ndarray) -> np.ndarray:
     h, w = frame.shape[:2]
     side = min(h, w)
     y0, x0 = (h - side) // 2, (w - side) // 2
@@ -192,7 +180,7 @@ def video_clip(path: PathLike, num_frames: int = DEFAULT_NUM_FRAMES, start_frame
                 x0, y0, x1, y1 = box
                 frame = frame[y0:y1, x0:x1]
             elif crop == "center":
-                frame = _center_square(frame)
+                frame = center_square(frame)
             frames.append(cv2.resize(frame, (size, size), interpolation=cv2.INTER_AREA))
     finally:
         if owned:
