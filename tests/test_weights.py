@@ -56,6 +56,9 @@ def test_every_layout_file_is_in_the_manifest(tmp_path):
     dests = {tmp_path / r.dest for r in MANIFEST}
     for name in CheckpointLayout.NAMES:
         path = getattr(layout, name)
+        if name in CheckpointLayout.ELSEWHERE:  # not on the Hub: require() names its own source instead
+            assert path not in dests and CheckpointLayout.ELSEWHERE[name].endswith(path.name)
+            continue
         assert path in dests or any(path in d.parents for d in dests), name
     assert {r.group for r in MANIFEST} == set(GROUPS)
     assert UNET_CONFIG_FOR_VERSION == {"1.6": "stage2_512", "1.5": "stage2"}
@@ -207,7 +210,8 @@ def test_download_all_groups(hub, tmp_path):
         repo = r.repo_for("1.6")
         assert (root / r.dest).read_bytes() == _content(repo, r.filename), r.dest
     layout = CheckpointLayout(root)
-    assert layout.require(*CheckpointLayout.NAMES)
+    on_hub = [n for n in CheckpointLayout.NAMES if n not in CheckpointLayout.ELSEWHERE]
+    assert layout.require(*on_hub)
 
 
 def test_download_reports_a_file_missing_on_the_hub_and_fetches_the_rest(hub, tmp_path):
@@ -282,3 +286,11 @@ def test_interrupted_download_leaves_no_file_and_resumes(hub, tmp_path):
     result = _run(hub.url, root)
     assert result.returncode == 0, result.stderr
     assert (root / "latentsync_unet.pt").read_bytes() == _content(LATENTSYNC_REPOS["1.6"], "latentsync_unet.pt")
+
+
+def test_require_names_the_source_of_files_not_on_the_hub(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        CheckpointLayout(tmp_path).require("fid_inception", "syncnet_v2")
+    message = str(err.value)
+    assert "pt_inception-2015-12-05-6726825d.pth" in message and "github.com/mseitzer/pytorch-fid" in message
+    assert "latentsync download" in message and "--with eval" in message and "\n" not in message

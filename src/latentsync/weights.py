@@ -116,6 +116,11 @@ class CheckpointLayout:
         "unet", "whisper", "vae", "syncnet", "syncnet_v2", "sfd_face", "koniq", "videomae", "i3d", "vgg16",
         "fid_inception", "insightface_det", "insightface_landmarks",
     )
+    # Files not published on the Hub, so not fetched by `latentsync download`: where each one comes from.
+    ELSEWHERE = {
+        "fid_inception": "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                         "pt_inception-2015-12-05-6726825d.pth",
+    }
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
@@ -208,15 +213,20 @@ class CheckpointLayout:
         missing = [(n, p) for n, p in zip(names, paths) if not self.is_present(n)]
         if not missing:
             return paths
-        groups = {r.group for n, _ in missing for r in MANIFEST if self._owns(n, r)}
-        command = "latentsync download"
-        if self.root.absolute() != default_checkpoints_dir().absolute():
-            command += f" --dir {self.root}"
-        command += "".join(f" --with {g}" for g in GROUPS if g in groups and g != "inference")
+        hub = [(n, p) for n, p in missing if n not in self.ELSEWHERE]
         shown = ", ".join(str(p.absolute()) + ("/ (config.json + weights)" if n == "vae" else "")
                           for n, p in missing)
+        hints = []
+        if hub:
+            groups = {r.group for n, _ in hub for r in MANIFEST if self._owns(n, r)}
+            command = "latentsync download"
+            if self.root.absolute() != default_checkpoints_dir().absolute():
+                command += f" --dir {self.root}"
+            command += "".join(f" --with {g}" for g in GROUPS if g in groups and g != "inference")
+            hints.append(f"run `{command}`")
+        hints += [f"download {self.ELSEWHERE[n]}" for n, _ in missing if n in self.ELSEWHERE]
         raise CheckpointError(
-            f"missing checkpoint{'s' if len(missing) > 1 else ''}: {shown}; run `{command}` "
+            f"missing checkpoint{'s' if len(missing) > 1 else ''}: {shown}; {' and '.join(hints)} "
             f"or put {'each file' if len(missing) > 1 else 'the file'} at that path"
         )
 

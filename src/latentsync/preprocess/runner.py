@@ -14,6 +14,10 @@ parameters and the item's input fingerprint; a marker is written only after the 
 and outputs are written under temporary names, so killing the run at any moment (even SIGKILL) and running it
 again gives the same result as an uninterrupted run. Changing a step's parameters redoes that step, and what
 follows it, for every item. Nothing is ever written into the input folder.
+
+Executors: inline (one worker), a process pool, or Ray (tasks; model-based steps in actors that keep their
+networks loaded). All give the same clips, decisions and reasons; network scores in the metrics can differ in
+their last digits, because Ray runs each worker's torch with one thread, which sums in another order.
 """
 
 from __future__ import annotations
