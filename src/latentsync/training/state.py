@@ -1,0 +1,104 @@
+"""Training state that a killed run resumes from exactly: model, optimiser, gradient scaler, learning-rate
+schedule, step, every random generator, and the resolved config, with a `latest` pointer (k-diffusion's and
+lucidrains' habit: the checkpoint holds everything needed to go on).
+
+Run folder layout (one per run; running the same command again with `--resume auto` continues it):
+
+    config.yaml                 the resolved config of the run
+    checkpoints/state-00001000.pt  full training state at step 1000
+    checkpoints/latest          the file name of the newest complete state (written after it)
+    metrics.jsonl, charts/      see log.py
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError
+from ..fileio import atomic_write
+from ..models.checkpoint import atomic_torch_save
+
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer, scaler=None, scheduler=None,
+         config: dict | None = None, extra: dict | None = None, keep: int = 3) -> Path:
+    """Write the state at `step` atomically, then point `latest` at it; keep the `keep` newest states.
+
+    `model` should be the bare module (not the DDP wrapper), so the keys match `load_unet`/`load_syncnet`."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    path = folder / f"state-{step:08d}.pt"
+    state = {
+        "step": step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "rng": rng_state(),
+        "config": config,
+        "extra": extra or {},
+    }
+    atomic_torch_save(state, path)
+    with atomic_write(folder / LATEST) as tmp:
+        tmp.write_text(path.name + "\n")
+    for old in sorted(folder.glob("state-*.pt"))[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The newest complete state of a run, or None."""
+    pointer = Path(run_dir) / CHECKPOINT_DIR / LATEST
+    try:
+        path = pointer.parent / pointer.read_text().strip()
+    except OSError:
+        return None
+    return path if path.is_file() else None
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A saved training state (RNG states hold numpy arrays and tuples: loaded with full unpickling, so only
+    open states this program wrote)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: training state not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to replace
+        raise CheckpointError(f"{path}: not a readable training state ({str(e).splitlines()[0][:200]})") from None
+
+
+def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer, scaler=None, scheduler=None) -> int:
+    """Put a loaded state back (model, optimiser, scaler, schedule, random generators); returns its step."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler") is not None:
+        scaler.load_state_dict(state["scaler"])
+    if scheduler is not None and state.get("scheduler") is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+__all__ = ["latest", "load", "restore", "rng_state", "save", "set_rng_state"]

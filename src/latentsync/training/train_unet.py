@@ -1,0 +1,303 @@
+"""Training the LatentSync UNet: stage 1 (no temporal layers, reconstruction only), stage 2 (temporal layers and
+attention trained with the pixel-space losses), the efficient variant, at 256 or 512 (spec 7.2).
+
+    latentsync train unet --config configs/unet/stage2.yaml [key=value ...] [--resume auto]
+    torchrun --nproc_per_node 8 -m latentsync train unet --config ...
+
+The loss is `objective.UNetObjective`; this file only builds the pieces and runs the loop, in sections:
+config -> models -> data -> optimiser -> resume -> loop (step, log, save, validate).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from ..config import load_unet_config, load_syncnet_config, to_dict
+from ..errors import ConfigError, InputError
+from ..fileio import atomic_write
+from ..models.unet import load_unet, save_unet_checkpoint
+from ..models.vae import load_vae
+from ..pipeline import make_scheduler
+from ..weights import CheckpointLayout, default_checkpoints_dir
+from . import distributed, state
+from .log import MetricsLog
+from .objective import Frozen, UNetObjective
+from .unet_data import UNetDataset, WhisperFeatures
+
+log = logging.getLogger("latentsync.train")
+
+EXPORT_DIR = "exports"
+VALIDATION_DIR = "validation"
+
+
+class _OffsetSampler(Sampler):
+    """The indices of `sampler` from position `offset` on: a resumed run continues mid-epoch exactly where the
+    killed one stopped (the dataset's samples depend only on index and epoch)."""
+
+    def __init__(self, sampler: Sampler, offset: int):
+        self.sampler, self.offset = sampler, offset
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.offset:])
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.offset)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _trainable(unet: torch.nn.Module, modules: tuple[str, ...], use_motion_module: bool) -> list[torch.nn.Parameter]:
+    """Stage 1 (no temporal layers) trains everything; otherwise parameters whose name contains one of
+    `run.trainable_modules` (stage 2: motion_modules. and attentions.), as the reference selects them."""
+    if not use_motion_module or not modules:
+        unet.requires_grad_(True)
+    else:
+        for name, p in unet.named_parameters():
+            p.requires_grad_(any(m in name for m in modules))
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError(f"run.trainable_modules {list(modules)} matches no UNet parameter")
+    return params
+
+
+def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = None, resume: str = "auto",
+               max_steps: int | None = None, device: str = "auto", progress: bool = True,
+               checkpoints: str | Path | None = None, init_sd15: str | Path | None = None,
+               data: str | Path | None = None, return_model: bool = False) -> dict:
+    """Train per `config` into `run_dir` (see the module docstring); returns {"step", "loss", ...}.
+
+    `resume`: "auto" continues the run's latest state if there is one, "never" starts over (refused if the
+    run folder already has states: use another folder), or the path of a state file. `init_sd15`: start a
+    fresh run from a diffusers Stable Diffusion 1.5 UNet (stage 1). `data`: clips (folder or files list)
+    instead of `data.train_fileslist` / `data.train_data_dir`. `return_model`: also return the trained UNet
+    (this rank's copy) under "model"."""
+    # ---- config --------------------------------------------------------------------------------------
+    cfg = load_unet_config(config, overrides)
+    run_dir = Path(run_dir)
+    d = distributed.init(device)
+    _seed_everything(cfg.run.seed + d.rank)
+    layout = CheckpointLayout(checkpoints or default_checkpoints_dir())
+    total_steps = max_steps if max_steps is not None else cfg.run.max_train_steps
+    cuda = d.device.type == "cuda"
+    mixed = cfg.run.mixed_precision_training and cuda  # fp16 autocast + GradScaler on GPUs; fp32 on CPUs
+    resume_path = _resume_path(run_dir, resume)
+
+    # ---- models --------------------------------------------------------------------------------------
+    frozen_dtype = torch.float16 if cuda else torch.float32
+    if cfg.ckpt.resume_ckpt_path and resume_path is None:
+        unet = load_unet(cfg, cfg.ckpt.resume_ckpt_path, device=d.device)
+    elif init_sd15 is not None and resume_path is None:
+        unet = load_unet(cfg, init_sd15, device=d.device, from_sd15=True)
+    else:
+        unet = load_unet(cfg, device=d.device)
+    unet.train()
+    params = _trainable(unet, cfg.run.trainable_modules, cfg.model.use_motion_module)
+    if cfg.run.enable_gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    (vae_path,) = layout.require("vae")
+    vae = load_vae(vae_path, device=d.device, dtype=frozen_dtype)
+    frozen = Frozen(vae=vae)
+    run = cfg.run
+    if run.pixel_space_supervise:
+        frozen.lpips = _lpips(layout, d.device) if run.perceptual_loss_weight > 0 else None
+        frozen.trepa = _trepa(layout, d.device, frozen_dtype, run.trepa_model) if run.trepa_loss_weight > 0 else None
+        if run.use_syncnet and run.sync_loss_weight > 0:
+            frozen.syncnet = _syncnet(cfg.data.syncnet_config_path, layout, d.device, frozen_dtype)
+    model = distributed.wrap(unet, d, find_unused_parameters=False)
+    objective = UNetObjective(model, frozen, run, make_scheduler("ddim"))
+
+    # ---- data ----------------------------------------------------------------------------------------
+    source = data or cfg.data.train_fileslist or cfg.data.train_data_dir
+    if not source:
+        raise ConfigError("no training clips: set data.train_fileslist or data.train_data_dir (or pass data=)")
+    (whisper_path,) = layout.require("whisper")
+    features = WhisperFeatures(whisper_path, cache_dir=cfg.data.audio_embeds_cache_dir or None,
+                               device=str(d.device))
+    dataset = UNetDataset(source, cfg, features, with_mel=frozen.syncnet is not None, seed=cfg.run.seed)
+    if d.is_main:  # each clip's audio is encoded once, here; every worker then reads the disk cache
+        from tqdm.auto import tqdm
+
+        for clip in tqdm(dataset.clips, desc="audio features", unit="clip", disable=not progress):
+            features(clip.path)
+    distributed.barrier(d)
+    sampler = DistributedSampler(dataset, num_replicas=d.world_size, rank=d.rank, shuffle=True,
+                                 seed=cfg.run.seed, drop_last=True)
+    batches_per_epoch = len(sampler) // cfg.data.batch_size
+    if batches_per_epoch == 0:
+        raise InputError(f"{source}: {len(dataset)} samples, fewer than one batch of {cfg.data.batch_size} per rank")
+
+    # ---- optimiser -----------------------------------------------------------------------------------
+    from diffusers.optimization import get_scheduler
+
+    lr = cfg.optimizer.lr * (cfg.data.batch_size * d.world_size if cfg.optimizer.scale_lr else 1)
+    optimizer = torch.optim.AdamW(params, lr=lr)
+    lr_schedule = get_scheduler(cfg.optimizer.lr_scheduler, optimizer=optimizer,
+                                num_warmup_steps=cfg.optimizer.lr_warmup_steps, num_training_steps=total_steps)
+    scaler = torch.amp.GradScaler("cuda") if mixed else None
+
+    # ---- resume --------------------------------------------------------------------------------------
+    step = 0
+    if resume_path is not None:
+        step = state.restore(state.load(resume_path), model=unet, optimizer=optimizer, scaler=scaler,
+                             scheduler=lr_schedule)
+        log.info("resumed %s at step %d", resume_path, step)
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(run_dir / "config.yaml") as tmp:
+            import yaml
+
+            tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    metrics = MetricsLog(run_dir, enabled=d.is_main, resume_step=step if resume_path else None)
+
+    # ---- loop ----------------------------------------------------------------------------------------
+    last: dict[str, float] = {}
+    bar = None
+    if progress and d.is_main:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=step, desc="train unet", unit="step", dynamic_ncols=True)
+    try:
+        while step < total_steps:
+            epoch, offset = divmod(step, batches_per_epoch)
+            sampler.set_epoch(epoch)
+            dataset.set_epoch(epoch)
+            # The loader's own generator: creating its iterator must not draw from the global generator, or
+            # a resumed run (which creates one mid-epoch) would see different noise from an uninterrupted one.
+            loader_rng = torch.Generator().manual_seed(cfg.run.seed * 1_000_003 + epoch)
+            loader = DataLoader(dataset, batch_size=cfg.data.batch_size, drop_last=True,
+                                sampler=_OffsetSampler(sampler, offset * cfg.data.batch_size),
+                                num_workers=cfg.data.num_workers if cuda else 0, pin_memory=cuda,
+                                generator=loader_rng)
+            for batch in loader:
+                t0 = time.perf_counter()
+                with torch.autocast(d.device.type, dtype=torch.float16, enabled=mixed):
+                    loss, terms = objective(batch)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(optimizer)
+                else:
+                    loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optimizer.max_grad_norm)
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                lr_schedule.step()
+                step += 1
+                last = {"loss": distributed.mean(loss.detach(), d),
+                        **{k: distributed.mean(v.detach(), d) for k, v in terms.items()},
+                        "grad_norm": float(grad_norm), "lr": lr_schedule.get_last_lr()[0],
+                        "step_seconds": time.perf_counter() - t0}
+                metrics.log(step, **last)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss']:.4f}")
+                if step % cfg.ckpt.save_ckpt_steps == 0 or step == total_steps:
+                    _save(run_dir, step, unet, optimizer, scaler, lr_schedule, cfg, d)
+                    if d.is_main:
+                        _validate(cfg, unet, vae, features, layout, run_dir, step, metrics)
+                        metrics.charts()
+                    distributed.barrier(d)
+                if step >= total_steps:
+                    break
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+        distributed.shutdown(d)
+    result = {"step": step, **last}
+    if return_model:
+        result["model"] = unet
+    return result
+
+
+def _resume_path(run_dir: Path, resume: str) -> Path | None:
+    if resume == "auto":
+        return state.latest(run_dir)
+    if resume == "never":
+        if state.latest(run_dir) is not None:
+            raise ConfigError(f"{run_dir}: already holds a training run; resume it (--resume auto) or choose "
+                              "another run folder")
+        return None
+    path = Path(resume)
+    if not path.is_file():
+        raise InputError(f"{path}: training state not found")
+    return path
+
+
+def _save(run_dir: Path, step: int, unet, optimizer, scaler, lr_schedule, cfg, d) -> None:
+    """The full state (to resume) and the published-format weights (for `load_unet` and inference)."""
+    if not d.is_main:
+        return
+    state.save(run_dir, step, model=unet, optimizer=optimizer, scaler=scaler, scheduler=lr_schedule,
+               config=to_dict(cfg))
+    save_unet_checkpoint(unet, run_dir / EXPORT_DIR / f"unet-{step:08d}.pt", global_step=step)
+
+
+def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path, step: int,
+              metrics: MetricsLog) -> None:
+    """Lip-sync the validation clip with the UNet being trained; log its sync confidence when the evaluation
+    SyncNet is there (spec 7.2: the reference does this at every save)."""
+    video, audio = cfg.data.val_video_path, cfg.data.val_audio_path
+    if not (video and audio):
+        return
+    from ..audio import WhisperAudioEncoder
+    from ..inference import InferenceOptions, LipSync
+    from ..pipeline import LipSyncPipeline
+
+    out = run_dir / VALIDATION_DIR / f"step-{step:08d}.mp4"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    was_training = unet.training
+    unet.eval()
+    try:
+        encoder = WhisperAudioEncoder(features.checkpoint, device=unet.device, cache_dir=features.cache_dir)
+        lipsync = LipSync.from_components(LipSyncPipeline(unet, vae, cfg.data.resolution), encoder,
+                                          checkpoints=layout.root)
+        lipsync.run(video, audio, out, InferenceOptions(steps=cfg.run.inference_steps,
+                                                        guidance=cfg.run.guidance_scale), progress=False)
+        if layout.is_present("syncnet_v2"):
+            from ..evaluation.sync_confidence import sync_confidence
+
+            result = sync_confidence(out, layout.syncnet_v2, progress=False)
+            if result.found:
+                metrics.log(step, val_lse_c=result.lse_c, val_lse_d=result.lse_d)
+    finally:
+        unet.train(was_training)
+
+
+def _lpips(layout: CheckpointLayout, device):
+    from .losses import LPIPS
+
+    (vgg,) = layout.require("vgg16")
+    return LPIPS(vgg, device=device)
+
+
+def _trepa(layout: CheckpointLayout, device, dtype, model_config: str):
+    from .losses import TREPALoss
+
+    (videomae,) = layout.require("videomae")
+    return TREPALoss(videomae, device=device, dtype=dtype, config=model_config)
+
+
+def _syncnet(config_path: str, layout: CheckpointLayout, device, dtype):
+    from ..models.syncnet import load_syncnet
+
+    syncnet_cfg = load_syncnet_config(config_path)
+    path = syncnet_cfg.ckpt.inference_ckpt_path
+    if not path or not Path(path).is_file():
+        (path,) = layout.require("syncnet")
+    net = load_syncnet(syncnet_cfg, path, device=device, dtype=dtype)
+    return net.requires_grad_(False).eval()

@@ -1,0 +1,167 @@
+"""UNet training on tiny models on the CPU: the loss falls, a stopped run resumes to exactly what an
+uninterrupted run computes, two gloo ranks agree, and exported weights run inference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from latentsync.demo import UNET_CONFIG_NAME, synth_speech, write_tiny_checkpoints
+from latentsync.media import VideoWriter, write_wav
+from latentsync.models import load_unet
+from latentsync.training.train_unet import train_unet
+
+RESOLUTION = 128  # the tiny demo models' face size
+# Small windows keep a CPU step short: 8 frames of 64 px faces (the dataset resizes the 128 px clips).
+RECON_ONLY = ["run.pixel_space_supervise=false", "data.batch_size=1", "data.num_workers=0",
+              "run.enable_gradient_checkpointing=false", "data.num_frames=8", "data.resolution=64"]
+
+
+def write_clip(path: Path, seconds: float, seed: int) -> Path:
+    """A processed-style clip: 128 px 'aligned faces' (smooth moving blobs) at 25 fps with speech."""
+    audio = write_wav(path.with_suffix(".wav"), synth_speech(seconds, seed=seed), 16_000)
+    yy, xx = np.mgrid[0:RESOLUTION, 0:RESOLUTION] / RESOLUTION
+    with VideoWriter(path, RESOLUTION, RESOLUTION, audio=audio) as writer:
+        for i in range(int(seconds * 25)):
+            t = i / 25
+            face = np.exp(-((xx - 0.5) ** 2 + (yy - 0.45) ** 2) / 0.08)
+            mouth = np.exp(-((xx - 0.5) ** 2 + (yy - 0.75 - 0.03 * np.sin(6 * t + seed)) ** 2) / 0.004)
+            image = np.stack([180 * face + 40, 140 * face + 30 - 80 * mouth, 120 * face + 20], -1)
+            writer.write(np.clip(image, 0, 255).astype(np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_unet")
+    checkpoints = write_tiny_checkpoints(root / "checkpoints", resolution=RESOLUTION)
+    clips = root / "clips"
+    clips.mkdir()
+    for k in range(2):
+        write_clip(clips / f"clip{k}.mp4", 2.2, seed=k)
+    return checkpoints, clips, root
+
+
+def run(setup, run_dir: Path, *overrides: str, **kwargs) -> dict:
+    checkpoints, clips, root = setup
+    return train_unet(checkpoints / UNET_CONFIG_NAME, run_dir, overrides=RECON_ONLY + list(overrides),
+                      checkpoints=checkpoints, data=clips, progress=False, device="cpu", **kwargs)
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_the_loss_falls_when_fitting_two_clips(setup, tmp_path):
+    # Every parameter trains (the zero-initialised conv_out included), at a high learning rate.
+    run(setup, tmp_path / "run", "run.trainable_modules=[]", "optimizer.lr=2e-3", "ckpt.save_ckpt_steps=1000",
+        max_steps=30)
+    values = list(losses(tmp_path / "run").values())
+    assert len(values) == 30
+    first, last = np.mean(values[:6]), np.mean(values[-6:])
+    assert last < 0.7 * first, (first, last)
+
+
+def test_stopped_and_resumed_equals_uninterrupted(setup, tmp_path):
+    common = ("run.trainable_modules=[]", "optimizer.lr=1e-3", "ckpt.save_ckpt_steps=3")
+    run(setup, tmp_path / "whole", *common, max_steps=6)
+    run(setup, tmp_path / "split", *common, max_steps=3)  # stops after saving at step 3
+    run(setup, tmp_path / "split", *common, max_steps=6)  # resume="auto" continues from the saved state
+    whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
+    assert sorted(split) == list(range(1, 7))  # no duplicated or missing steps in the log
+    for step in range(1, 7):
+        assert split[step] == pytest.approx(whole[step], rel=1e-6, abs=1e-7), step
+    a = torch.load(tmp_path / "whole" / "exports" / "unet-00000006.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "split" / "exports" / "unet-00000006.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_only_the_trainable_modules_change(setup, tmp_path):
+    from latentsync.training.train_unet import _seed_everything
+
+    checkpoints = setup[0]
+    run(setup, tmp_path / "run", "ckpt.save_ckpt_steps=2", max_steps=2)  # tiny config: motion_modules., attentions.
+    _seed_everything(1247)  # the run's seed (run.seed + rank 0): the same fresh weights it started from
+    before = load_unet(checkpoints / UNET_CONFIG_NAME).state_dict()
+    after = torch.load(tmp_path / "run" / "exports" / "unet-00000002.pt", weights_only=True)["state_dict"]
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed and all("motion_modules." in k or "attentions." in k for k in changed)
+    assert any("motion_modules." in k for k in changed) and any("attentions." in k for k in changed)
+
+
+def test_exported_weights_run_inference(setup, tmp_path):
+    from latentsync.demo import make_talking_clip
+    from latentsync.inference import InferenceOptions, LipSync
+
+    checkpoints, clips, root = setup
+    run(setup, tmp_path / "run", "ckpt.save_ckpt_steps=1", max_steps=1)
+    layout = tmp_path / "checkpoints"
+    layout.mkdir()
+    for name in ("whisper", "sd-vae-ft-mse"):
+        (layout / name).symlink_to(checkpoints / name)
+    (layout / "latentsync_unet.pt").symlink_to(tmp_path / "run" / "exports" / "unet-00000001.pt")
+    lipsync = LipSync(layout, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", audio_cache=False)
+    video = make_talking_clip(tmp_path / "talk.mp4", seconds=1.0)
+    result = lipsync.run(video, clips / "clip0.wav", tmp_path / "out.mp4", InferenceOptions(steps=1), progress=False)
+    assert result.frames > 0 and (tmp_path / "out.mp4").is_file()
+
+
+def test_two_gloo_ranks_agree(setup, tmp_path):
+    """torchrun with 2 CPU processes: DDP keeps the ranks' weights identical."""
+    checkpoints, clips, _ = setup
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import hashlib, os\n"
+        "from latentsync.training.train_unet import train_unet\n"
+        f"result = train_unet({str(checkpoints / UNET_CONFIG_NAME)!r}, {str(tmp_path / 'run')!r}, "
+        f"overrides={RECON_ONLY + ['ckpt.save_ckpt_steps=1000', 'run.trainable_modules=[]']!r}, "
+        f"checkpoints={str(checkpoints)!r}, data={str(clips)!r}, progress=False, device='cpu', max_steps=2, "
+        "return_model=True)\n"
+        "digest = hashlib.sha256()\n"
+        "for k, v in sorted(result['model'].state_dict().items()):\n"
+        "    digest.update(k.encode()); digest.update(v.numpy().tobytes())\n"
+        f"open(os.path.join({str(tmp_path)!r}, 'rank' + os.environ['RANK']), 'w').write(digest.hexdigest())\n"
+    )
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           str(script)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hashes = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
+    assert hashes[0] == hashes[1]
+    assert sorted(losses(tmp_path / "run")) == [1, 2]  # rank 0 logged both steps
+
+
+def test_stage2_step_uses_every_loss(setup, tmp_path):
+    """Pixel-space supervision: LPIPS (our VGG + lpips heads), TREPA (tiny VideoMAE-v2), the StableSyncNet loss,
+    each finite and logged; the frozen networks' weight files are read from the checkpoints layout."""
+    from test_losses import _tiny_state_dict, _vgg_state_dict
+
+    from latentsync.models.syncnet import load_syncnet, save_syncnet_checkpoint
+
+    checkpoints, clips, _ = setup
+    layout = tmp_path / "checkpoints"
+    (layout / "auxiliary").mkdir(parents=True)
+    for name in ("whisper", "sd-vae-ft-mse"):
+        (layout / name).symlink_to(checkpoints / name)
+    torch.save(_vgg_state_dict(), layout / "auxiliary" / "vgg16-397923af.pth")
+    torch.save({"module": _tiny_state_dict()}, layout / "auxiliary" / "vit_g_hybrid_pt_1200e_ssv2_ft.pth")
+    torch.manual_seed(0)
+    save_syncnet_checkpoint(load_syncnet("tiny/syncnet"), layout / "stable_syncnet.pt")
+    train_unet(checkpoints / UNET_CONFIG_NAME, tmp_path / "run", checkpoints=layout, data=clips, progress=False,
+               device="cpu", max_steps=2,
+               overrides=["data.batch_size=1", "data.num_workers=0", "data.resolution=64", "data.num_frames=16",
+                          "run.enable_gradient_checkpointing=true", "run.trepa_model=tiny",
+                          "ckpt.save_ckpt_steps=1000"])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    for record in records:
+        for term in ("recon", "sync", "lpips", "trepa"):
+            assert np.isfinite(record[term]) and record[term] >= 0, (term, record)
+        weighted = record["recon"] + 0.05 * record["sync"] + 0.1 * record["lpips"] + 10 * record["trepa"]
+        assert record["loss"] == pytest.approx(weighted, rel=1e-4)
+    assert (tmp_path / "run" / "charts" / "loss.png").is_file()
