@@ -83,3 +83,10 @@ def test_resolve_by_name_and_errors(tmp_path):
         resolve_config("unet", "stage3")
     with pytest.raises(ConfigError, match="config file not found"):
         load_unet_config(tmp_path / "absent.yaml")
+
+
+def test_overrides_apply_to_a_config_instance_without_changing_it():
+    base = load_unet_config("stage2")
+    changed = load_unet_config(base, overrides=["run.seed=3"])
+    assert changed.run.seed == 3 and base.run.seed == 1247
+    assert load_unet_config(base) is base

@@ -334,7 +334,9 @@ class UNetConfig:
 def _load_config(cls: type[T], kind: str, config, overrides: list[str] | None) -> T:
     """`cls` from an instance, a mapping, a YAML path or a packaged name, with `key=value` overrides."""
     if isinstance(config, cls):
-        return config
+        if not overrides:
+            return config
+        config = to_dict(config)  # overrides apply to a copy
     if isinstance(config, dict):
         data, where = dict(config), f"{kind} config"
     else:

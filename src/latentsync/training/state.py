@@ -42,11 +42,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_rng(d) -> list[dict[str, Any]]:
+    """Every rank's generator states, in rank order (a collective under torchrun: call it on every rank)."""
+    if not d.enabled:
+        return [rng_state()]
+    states: list[Any] = [None] * d.world_size
+    torch.distributed.all_gather_object(states, rng_state())
+    return states
+
+
 def save(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer, scaler=None, scheduler=None,
-         config: dict | None = None, extra: dict | None = None, keep: int = 3) -> Path:
+         config: dict | None = None, extra: dict | None = None, keep: int = 3,
+         rngs: list[dict[str, Any]] | None = None) -> Path:
     """Write the state at `step` atomically, then point `latest` at it; keep the `keep` newest states.
 
-    `model` should be the bare module (not the DDP wrapper), so the keys match `load_unet`/`load_syncnet`."""
+    `model` should be the bare module (not the DDP wrapper), so the keys match `load_unet`/`load_syncnet`.
+    `rngs`: every rank's generator states from `gather_rng` (default: this process's only), so each rank of a
+    resumed data-parallel run draws exactly what it would have."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     path = folder / f"state-{step:08d}.pt"
     state = {
@@ -55,7 +67,8 @@ def save(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer, scaler=
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng_state(),
+        "rng": rngs[0] if rngs else rng_state(),
+        "rng_per_rank": rngs,
         "config": config,
         "extra": extra or {},
     }
@@ -89,16 +102,22 @@ def load(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a readable training state ({str(e).splitlines()[0][:200]})") from None
 
 
-def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer, scaler=None, scheduler=None) -> int:
-    """Put a loaded state back (model, optimiser, scaler, schedule, random generators); returns its step."""
+def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer, scaler=None, scheduler=None,
+            rank: int = 0, world_size: int = 1) -> int:
+    """Put a loaded state back (model, optimiser, scaler, schedule, this rank's random generators); returns
+    its step. With another number of ranks than it was saved with, ranks other than 0 keep their seeding."""
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
     if scheduler is not None and state.get("scheduler") is not None:
         scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
+    per_rank = state.get("rng_per_rank")
+    if per_rank and len(per_rank) == world_size:
+        set_rng_state(per_rank[rank])
+    elif rank == 0:
+        set_rng_state(state["rng"])
     return int(state["step"])
 
 
-__all__ = ["latest", "load", "restore", "rng_state", "save", "set_rng_state"]
+__all__ = ["gather_rng", "latest", "load", "restore", "rng_state", "save", "set_rng_state"]

@@ -150,7 +150,7 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     step = 0
     if resume_path is not None:
         step = state.restore(state.load(resume_path), model=unet, optimizer=optimizer, scaler=scaler,
-                             scheduler=lr_schedule)
+                             scheduler=lr_schedule, rank=d.rank, world_size=d.world_size)
         log.info("resumed %s at step %d", resume_path, step)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,11 +239,13 @@ def _resume_path(run_dir: Path, resume: str) -> Path | None:
 
 
 def _save(run_dir: Path, step: int, unet, optimizer, scaler, lr_schedule, cfg, d) -> None:
-    """The full state (to resume) and the published-format weights (for `load_unet` and inference)."""
+    """The full state (to resume) and the published-format weights (for `load_unet` and inference). Called
+    on every rank: the generator states of all ranks are gathered first."""
+    rngs = state.gather_rng(d)
     if not d.is_main:
         return
     state.save(run_dir, step, model=unet, optimizer=optimizer, scaler=scaler, scheduler=lr_schedule,
-               config=to_dict(cfg))
+               config=to_dict(cfg), rngs=rngs)
     save_unet_checkpoint(unet, run_dir / EXPORT_DIR / f"unet-{step:08d}.pt", global_step=step)
 
 
