@@ -399,6 +399,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train the SyncNet or the UNet (resumable; torchrun for several GPUs)",
+        usage="latentsync train {unet,syncnet} --config CONFIG [KEY=VALUE ...] [options]",
         description=(
             "Train with a config in the published layout, overriding values as key=value (e.g. run.seed=7 "
             "data.batch_size=4). The run folder holds the resolved config, full training states (with a "
@@ -409,7 +410,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", choices=["unet", "syncnet"])
     p.add_argument("--config", required=True, help="a config YAML or packaged name (stage2, syncnet_16_pixel_attn)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    # KEY=VALUE overrides may stand anywhere on the line; main() collects them (argparse cannot place a
+    # variable-length positional between options).
+    p.set_defaults(overrides=[])
     p.add_argument("--run-dir", type=Path, default=None,
                    help="run folder (default: data.train_output_dir/<config name>)")
     p.add_argument("--resume", default="auto",
@@ -444,7 +447,7 @@ def _run_train(args: argparse.Namespace) -> int:
         run_dir = args.run_dir or Path(cfg.data.train_output_dir) / name
         result = train_syncnet(args.config, run_dir, overrides=args.overrides, resume=args.resume,
                                max_steps=args.max_steps, device=args.device, progress=not args.quiet,
-                               checkpoints=args.checkpoints)
+                               checkpoints=args.checkpoints, data=args.data)
     if not args.quiet:
         print(f"stopped at step {result.get('step')} in {run_dir}", file=sys.stderr)
     return 0
@@ -469,7 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "train":
+        args.overrides = [a for a in unknown if "=" in a and not a.startswith("-")]
+        unknown = [a for a in unknown if a not in args.overrides]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
