@@ -364,3 +364,24 @@ def test_frame_embeddings_are_pinned_in_both_window_modes(encoder):
         frames = encoder.frame_embeddings(samples, window=mode)
         assert frames.shape == (1627, 30, 64) and frames.dtype == torch.float32
         torch.testing.assert_close(frames[[0, 700, 760, 1600], 7, 3], torch.tensor(values), atol=2e-4, rtol=1e-3)
+
+
+def test_syncnet_mel_cache_is_by_content(tmp_path, monkeypatch):
+    import latentsync.audio as audio_module
+    from latentsync.audio import SyncNetMelCache, syncnet_mel
+    from latentsync.media import decode_audio
+
+    samples = tone_with_noise(2.0, seed=9)
+    a = write_wav(tmp_path / "a.wav", samples)
+    b = write_wav(tmp_path / "copy of a.wav", samples)
+    cache = SyncNetMelCache(tmp_path / "cache")
+    first = cache.get(a)
+    np.testing.assert_array_equal(first, syncnet_mel(decode_audio(a)))  # the file's 16-bit samples
+    calls = []
+    monkeypatch.setattr(audio_module, "syncnet_mel", lambda x: calls.append(1) or syncnet_mel(x))
+    np.testing.assert_array_equal(SyncNetMelCache(tmp_path / "cache").get(b), first)  # another file, process
+    assert calls == []  # read from the cache, not computed
+    (entry,) = (tmp_path / "cache").iterdir()
+    entry.write_bytes(b"broken")
+    np.testing.assert_array_equal(SyncNetMelCache(tmp_path / "cache").get(a), first)
+    assert calls == [1]  # an unreadable entry is recomputed

@@ -610,3 +610,42 @@ def mel_window(mel, start_frame: int, num_frames: int = DEFAULT_SYNCNET_FRAMES, 
             f"{start}..{start + length - 1}, but the mel has {mel.shape[-1]}"
         )
     return mel[..., start : start + length]
+
+
+class SyncNetMelCache:
+    """Whole-clip SyncNet mels on disk, keyed by a hash of the decoded samples (never the file name), like the
+    Whisper features: each clip's mel is computed once, whatever the process or the run. Entries are atomic
+    safetensors files; an unreadable one is recomputed. Implements the datasets' `get(path, compute)` hook
+    (`compute` is not needed: the mel is computed from the samples decoded for the key)."""
+
+    FORMAT = "latentsync.syncnet-mel.v1"
+
+    def __init__(self, cache_dir: str | os.PathLike | None = None):
+        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir().parent / "syncnet_mel"
+        self._keys: dict[str, str] = {}  # path -> content key, so a clip is decoded once per process
+
+    def get(self, path, compute=None) -> np.ndarray:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file, save_file
+
+        samples = None
+        key = self._keys.get(str(path))
+        if key is None:
+            samples = decode_audio(path, SYNCNET_SAMPLE_RATE_HZ)
+            key = hashlib.sha256(self.FORMAT.encode() + memoryview(samples)).hexdigest()
+            self._keys[str(path)] = key
+        entry = self.cache_dir / f"{key}.safetensors"
+        if entry.is_file():
+            try:
+                return load_file(str(entry))["mel"]
+            except (SafetensorError, OSError, KeyError, ValueError) as e:
+                log.warning("%s: unreadable mel cache entry, recomputing (%s)", entry, str(e)[:200])
+        if samples is None:
+            samples = decode_audio(path, SYNCNET_SAMPLE_RATE_HZ)
+        mel = np.ascontiguousarray(syncnet_mel(samples), dtype=np.float32)
+        try:
+            with atomic_write(entry, suffix=".safetensors") as tmp:
+                save_file({"mel": mel}, str(tmp), metadata={"format": self.FORMAT})
+        except OSError as e:
+            log.warning("%s: cannot write mel cache entry (%s)", entry, e)
+        return mel

@@ -52,6 +52,7 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
+from ..audio import SyncNetMelCache
 from ..config import SyncNetConfig, load_syncnet_config, to_dict
 from ..errors import ConfigError
 from ..fileio import atomic_write
@@ -321,7 +322,8 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     # ---- data ------------------------------------------------------------------------------------------
-    train_set = SyncNetDataset(train_source, cfg, seed=run.seed, progress=progress and d.is_main)
+    mels = SyncNetMelCache(data.audio_mel_cache_dir or None)  # on disk, by content: computed once per clip
+    train_set = SyncNetDataset(train_source, cfg, seed=run.seed, progress=progress and d.is_main, cache=mels)
     global_batch = d.world_size * data.batch_size
     # Whole global batches per epoch, every clip at least once (module docstring).
     train_set.length = math.ceil(len(train_set.clips) / global_batch) * global_batch
@@ -330,7 +332,7 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
     val_set = None
     if val_source is not None:
         val_set = SyncNetDataset(val_source, cfg, seed=run.seed, length=data.num_val_samples,
-                                 progress=progress and d.is_main)
+                                 progress=progress and d.is_main, cache=mels)
     elif d.is_main:
         log.warning("no validation clips (data.val_fileslist and data.val_data_dir are empty): validation skipped")
 

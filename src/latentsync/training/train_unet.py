@@ -124,7 +124,10 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     (whisper_path,) = layout.require("whisper")
     features = WhisperFeatures(whisper_path, cache_dir=cfg.data.audio_embeds_cache_dir or None,
                                device=str(d.device))
-    dataset = UNetDataset(source, cfg, features, with_mel=frozen.syncnet is not None, seed=cfg.run.seed)
+    from ..audio import SyncNetMelCache
+
+    dataset = UNetDataset(source, cfg, features, with_mel=frozen.syncnet is not None, seed=cfg.run.seed,
+                          mel_cache=SyncNetMelCache(cfg.data.audio_mel_cache_dir or None))
     if d.is_main:  # each clip's audio is encoded once, here; every worker then reads the disk cache
         from tqdm.auto import tqdm
 

@@ -79,14 +79,15 @@ class UNetDataset(Dataset):
     SyncNet mel window (stage 2)."""
 
     def __init__(self, clips: ClipSource, config: str | os.PathLike | dict | UNetConfig, features,
-                 with_mel: bool = False, seed: int = 0, length: int | None = None, on_error: str = "replace"):
+                 with_mel: bool = False, seed: int = 0, length: int | None = None, on_error: str = "replace",
+                 mel_cache=None):
         self.config = load_unet_config(config)
         data = self.config.data
         self.num_frames, self.resolution, self.fps = data.num_frames, data.resolution, data.video_fps
         self.features, self.with_mel = features, with_mel
         self.seed, self.epoch, self.on_error = int(seed), 0, on_error
         self.mask = torch.from_numpy(np.array(mouth_mask(self.resolution)))[None]  # 1 R R
-        self.mels = LRUMelCache()
+        self.mels = mel_cache if mel_cache is not None else LRUMelCache()  # e.g. audio.SyncNetMelCache
         self.failed: dict[str, str] = {}
         found, self.source = find_clips(clips)
         self.clips, self.skipped = [], []
