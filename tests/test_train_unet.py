@@ -165,3 +165,33 @@ def test_stage2_step_uses_every_loss(setup, tmp_path):
         weighted = record["recon"] + 0.05 * record["sync"] + 0.1 * record["lpips"] + 10 * record["trepa"]
         assert record["loss"] == pytest.approx(weighted, rel=1e-4)
     assert (tmp_path / "run" / "charts" / "loss.png").is_file()
+
+
+def test_validation_lip_syncs_the_clip_and_logs_sync_confidence(setup, tmp_path):
+    """With data.val_video_path/val_audio_path set, each save lip-syncs the validation clip with the UNet being
+    trained and, when the evaluation SyncNet is in the layout, logs its LSE-C / LSE-D next to the losses."""
+    from latentsync.demo import make_talking_clip
+    from latentsync.media import VideoReader, probe_audio
+    from latentsync.models.syncnet_v2 import SyncNetV2
+
+    checkpoints, clips, _ = setup
+    layout = tmp_path / "checkpoints"
+    (layout / "auxiliary").mkdir(parents=True)
+    for name in ("whisper", "sd-vae-ft-mse"):
+        (layout / name).symlink_to(checkpoints / name)
+    torch.manual_seed(0)
+    torch.save(SyncNetV2().state_dict(), layout / "auxiliary" / "syncnet_v2.model")
+    video = make_talking_clip(tmp_path / "val.mp4", seconds=2.8)
+    audio = write_wav(tmp_path / "val.wav", synth_speech(2.8, seed=3), 16_000)
+    train_unet(checkpoints / UNET_CONFIG_NAME, tmp_path / "run", checkpoints=layout, data=clips, progress=False,
+               device="cpu", max_steps=1,
+               overrides=RECON_ONLY + [f"data.val_video_path={video}", f"data.val_audio_path={audio}",
+                                       "run.inference_steps=1", "ckpt.save_ckpt_steps=1"])
+    out = tmp_path / "run" / "validation" / "step-00000001.mp4"
+    assert out.is_file()
+    assert 70 <= len(list(VideoReader(out).frames())) <= 72  # 2.8 s of speech (+2 frames, as the reference)
+    assert probe_audio(out) is not None
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_lse_c" in r]
+    assert len(val) == 1 and val[0]["step"] == 1
+    assert np.isfinite(val[0]["val_lse_c"]) and np.isfinite(val[0]["val_lse_d"])
