@@ -19,8 +19,10 @@ from latentsync.training.train_unet import train_unet
 
 RESOLUTION = 128  # the tiny demo models' face size
 # Small windows keep a CPU step short: 8 frames of 64 px faces (the dataset resizes the 128 px clips).
+# float32 (on a CPU, mixed precision means bfloat16 autocast: one test below covers it).
 RECON_ONLY = ["run.pixel_space_supervise=false", "data.batch_size=1", "data.num_workers=0",
-              "run.enable_gradient_checkpointing=false", "data.num_frames=8", "data.resolution=64"]
+              "run.enable_gradient_checkpointing=false", "data.num_frames=8", "data.resolution=64",
+              "run.mixed_precision_training=false"]
 
 
 def write_clip(path: Path, seconds: float, seed: int) -> Path:
@@ -80,6 +82,23 @@ def test_stopped_and_resumed_equals_uninterrupted(setup, tmp_path):
     a = torch.load(tmp_path / "whole" / "exports" / "unet-00000006.pt", weights_only=True)["state_dict"]
     b = torch.load(tmp_path / "split" / "exports" / "unet-00000006.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bfloat16_autocast_is_close_to_float32_but_not_equal(setup, tmp_path):
+    """run.mixed_precision_dtype=bf16 runs the forward pass in bfloat16 (the first loss moves by bfloat16's
+    rounding, no more); weights stay float32; fp16 on a CPU is refused with a config error. (Two steps, all
+    parameters: the fresh UNet's zero-initialised conv_out predicts exactly zero until it has trained.)"""
+    from latentsync.errors import ConfigError
+
+    common = ("run.trainable_modules=[]", "optimizer.lr=1e-3", "ckpt.save_ckpt_steps=1000")
+    fp32 = run(setup, tmp_path / "fp32", *common, max_steps=2)
+    bf16 = run(setup, tmp_path / "bf16", *common, "run.mixed_precision_training=true",
+               "run.mixed_precision_dtype=bf16", max_steps=2, return_model=True)
+    assert bf16["loss"] != fp32["loss"] and bf16["loss"] == pytest.approx(fp32["loss"], rel=0.05)
+    assert all(p.dtype == torch.float32 for p in bf16["model"].parameters())
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        run(setup, tmp_path / "fp16", "run.mixed_precision_training=true", "run.mixed_precision_dtype=fp16",
+            max_steps=1)
 
 
 def test_only_the_trainable_modules_change(setup, tmp_path):
@@ -156,7 +175,7 @@ def test_stage2_step_uses_every_loss(setup, tmp_path):
                device="cpu", max_steps=2,
                overrides=["data.batch_size=1", "data.num_workers=0", "data.resolution=64", "data.num_frames=16",
                           "run.enable_gradient_checkpointing=true", "run.trepa_model=tiny",
-                          "ckpt.save_ckpt_steps=1000"])
+                          "ckpt.save_ckpt_steps=1000", "run.mixed_precision_training=false"])
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
     for record in records:

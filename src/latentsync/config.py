@@ -308,6 +308,7 @@ class UNetRunConfig:
     use_mixed_noise: bool = True
     mixed_noise_alpha: float = 1.0
     mixed_precision_training: bool = True
+    mixed_precision_dtype: str = "auto"  # ours: auto (fp16 on CUDA, bf16 elsewhere), fp16 or bf16
     enable_gradient_checkpointing: bool = True
     max_train_steps: int = 10_000_000
     max_train_epochs: int = -1
@@ -422,6 +423,7 @@ class SyncNetRunConfig:
     max_train_steps: int = 10_000_000
     validation_steps: int = 2500
     mixed_precision_training: bool = True
+    mixed_precision_dtype: str = "auto"  # ours: auto (fp16 on CUDA, bf16 elsewhere), fp16 or bf16
     seed: int = 42
 
 

@@ -22,10 +22,10 @@ What it adds:
 * Validation is sharded over the ranks (the reference ran it on rank 0 only while the others waited) over a
   fixed set of `data.num_val_samples` pairs (the same pairs each time, so the curve compares like with like).
 
-Mixed precision (`run.mixed_precision_training`): on CUDA float16 autocast with a `GradScaler`, as the
-reference; on the CPU bfloat16 autocast without a scaler (bfloat16 has float32's exponent range, so nothing
-underflows to scale away; on an AVX-512 CPU it is about 1.5x faster than float32 for the tiny config). Weights,
-optimiser state and the loss stay float32 (the BCE is computed outside autocast: it is not autocast-safe).
+Mixed precision (`run.mixed_precision_training`, `run.mixed_precision_dtype`; `training.precision`): by default
+float16 autocast with a `GradScaler` on CUDA, as the reference, and bfloat16 without a scaler elsewhere (on an
+AVX-512 CPU about 1.5x faster than float32 for the tiny config). Weights, optimiser state and the loss stay
+float32 (the BCE is computed outside autocast: it is not autocast-safe).
 
 Run folder (`run_dir`; the layout of `training.state`):
 
@@ -60,6 +60,8 @@ from ..models.syncnet import load_syncnet, save_syncnet_checkpoint
 from . import distributed, state
 from .losses import cosine_bce
 from .log import METRICS, MetricsLog
+from .precision import Precision
+from .precision import resolve as resolve_precision
 from .syncnet_data import SyncNetDataset
 
 log = logging.getLogger("latentsync.train")
@@ -120,26 +122,13 @@ def _to_device(batch: dict, device: torch.device) -> tuple[torch.Tensor, torch.T
 
 
 # --------------------------------------------------------------------------------------------------------
-# Precision
-# --------------------------------------------------------------------------------------------------------
-
-
-def _autocast(device: torch.device, enabled: bool):
-    """float16 autocast on CUDA (as the reference), bfloat16 on other devices; a no-op when disabled."""
-    if not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-# --------------------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
 def _validate(net: torch.nn.Module, dataset: SyncNetDataset, d: distributed.Dist, batch_size: int,
-              num_workers: int, mixed_precision: bool) -> tuple[float, float]:
+              num_workers: int, precision: Precision) -> tuple[float, float]:
     """Mean loss and accuracy over the validation pairs, each rank scoring the indices rank, rank + world, ..."""
     indices = list(range(d.rank, len(dataset), d.world_size))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=num_workers,
@@ -150,7 +139,7 @@ def _validate(net: torch.nn.Module, dataset: SyncNetDataset, d: distributed.Dist
     try:
         for batch in loader:
             frames, mel, y = _to_device(batch, d.device)
-            with _autocast(d.device, mixed_precision):
+            with precision.autocast():
                 vision, audio = net(frames, mel)  # b d, b d
             vision, audio = vision.float(), audio.float()
             n = len(y)
@@ -318,8 +307,9 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
     _seed_all(run.seed + d.rank)
     # AdamW with torch's default betas and weight decay (0.9/0.999, 0.01), constant lr: the reference's.
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optimizer.lr)
-    use_scaler = run.mixed_precision_training and d.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    precision = resolve_precision(d.device, run.mixed_precision_training, run.mixed_precision_dtype)
+    use_scaler = precision.scaled
+    scaler = torch.amp.GradScaler(d.device.type, enabled=use_scaler)
 
     # ---- data ------------------------------------------------------------------------------------------
     mels = SyncNetMelCache(data.audio_mel_cache_dir or None)  # on disk, by content: computed once per clip
@@ -404,7 +394,7 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
                 last = micro == accum - 1
                 sync = contextlib.nullcontext() if last or not d.enabled else model.no_sync()
                 with sync:
-                    with _autocast(d.device, run.mixed_precision_training):
+                    with precision.autocast():
                         vision, audio = model(frames, mel)  # b d, b d
                     loss = cosine_bce(vision.float(), audio.float(), y)  # float32, outside autocast
                     scaler.scale(loss / accum).backward()
@@ -429,7 +419,7 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
             # ---- validation ------------------------------------------------------------------------------
             if val_set is not None and step % run.validation_steps == 0:
                 val_loss, val_accuracy = _validate(net, val_set, d, data.batch_size, data.num_workers,
-                                                   run.mixed_precision_training)
+                                                   precision)
                 history["val_step_list"].append(step)
                 history["val_loss_list"].append(val_loss)
                 metrics.log(step, val_loss=val_loss, val_accuracy=val_accuracy)

@@ -5,7 +5,8 @@ attention trained with the pixel-space losses), the efficient variant, at 256 or
     torchrun --nproc_per_node 8 -m latentsync train unet --config ...
 
 The loss is `objective.UNetObjective`; this file only builds the pieces and runs the loop, in sections:
-config -> models -> data -> optimiser -> resume -> loop (step, log, save, validate).
+config -> models -> data -> optimiser -> resume -> loop (step, log, save, validate). Precision: see
+`training.precision` (fp16 with a scaler on CUDA by default, bf16 on request or off CUDA).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..weights import CheckpointLayout, default_checkpoints_dir
 from . import distributed, state
 from .log import MetricsLog
 from .objective import Frozen, UNetObjective
+from .precision import resolve as resolve_precision
 from .unet_data import UNetDataset, WhisperFeatures
 
 log = logging.getLogger("latentsync.train")
@@ -90,7 +92,7 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     layout = CheckpointLayout(checkpoints or default_checkpoints_dir())
     total_steps = max_steps if max_steps is not None else cfg.run.max_train_steps
     cuda = d.device.type == "cuda"
-    mixed = cfg.run.mixed_precision_training and cuda  # fp16 autocast + GradScaler on GPUs; fp32 on CPUs
+    precision = resolve_precision(d.device, cfg.run.mixed_precision_training, cfg.run.mixed_precision_dtype)
     resume_path = _resume_path(run_dir, resume)
 
     # ---- models --------------------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     optimizer = torch.optim.AdamW(params, lr=lr)
     lr_schedule = get_scheduler(cfg.optimizer.lr_scheduler, optimizer=optimizer,
                                 num_warmup_steps=cfg.optimizer.lr_warmup_steps, num_training_steps=total_steps)
-    scaler = torch.amp.GradScaler("cuda") if mixed else None
+    scaler = precision.scaler()
 
     # ---- resume --------------------------------------------------------------------------------------
     step = 0
@@ -184,7 +186,7 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
                                 generator=loader_rng)
             for batch in loader:
                 t0 = time.perf_counter()
-                with torch.autocast(d.device.type, dtype=torch.float16, enabled=mixed):
+                with precision.autocast():
                     loss, terms = objective(batch)
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is not None:
