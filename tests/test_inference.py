@@ -72,10 +72,25 @@ def speech(work) -> Path:
 
 
 @pytest.fixture(scope="module")
-def processed(lipsync, clip, speech):
+def progress_events() -> list[tuple[str, int, int]]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def processed(lipsync, clip, speech, progress_events):
     frames: list[np.ndarray] = []
-    result = lipsync.process(clip, speech, frames.append, FAST)
+    result = lipsync.process(clip, speech, frames.append, FAST, progress=lambda *e: progress_events.append(e))
     return result, frames
+
+
+def test_progress_callback_reports_each_stage(processed, progress_events):
+    """A callable `progress` hears the audio stage, then every output frame of the lip-sync stage, in order."""
+    result, _ = processed
+    stages = [stage for stage, _, _ in progress_events]
+    assert stages[:2] == ["audio features", "audio features"] and set(stages[2:]) == {"lip sync"}
+    frames = [(done, total) for stage, done, total in progress_events if stage == "lip sync"]
+    assert frames[0] == (0, result.frames) and frames[-1] == (result.frames, result.frames)
+    assert all(a[0] < b[0] for a, b in zip(frames, frames[1:]))  # one call per chunk, each further on
 
 
 def expected_frame_count(audio_seconds: float) -> int:

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Union
 
 import numpy as np
 import torch
@@ -58,6 +58,12 @@ TRUNCATED_SLACK_FRAMES = 2
 # --------------------------------------------------------------------------------------------------------
 # Options and results
 # --------------------------------------------------------------------------------------------------------
+
+
+# `progress` of `LipSync.run` / `process`: True for tqdm bars on stderr, False for none, or a callable
+# `(stage, done, total)` called as each stage advances ("audio features", then "lip sync" in frames), from the
+# job's threads (a web page's progress bar, a job queue's status).
+Progress = Union[bool, Callable[[str, int, int], None]]
 
 
 @dataclass
@@ -289,12 +295,13 @@ class LipSync:
         audio: str | Path,
         output: str | Path,
         options: InferenceOptions | None = None,
-        progress: bool = True,
+        progress: Progress = True,
     ) -> InferenceResult:
         """Lip-sync `video` to `audio` and write `output` (.mp4, .mov or .mkv) with `audio` as its sound track.
 
         Raises InputError, in one line naming the file, for unusable inputs; when a job fails nothing is left
-        at `output` (an existing file there is only replaced by a finished result)."""
+        at `output` (an existing file there is only replaced by a finished result). `progress`: tqdm bars, none,
+        or a callable `(stage, done, total)` (see `Progress`)."""
         options = options or InferenceOptions()
         video, audio, output = Path(video), Path(audio), Path(output)
         info = probe_video(video)  # InputError: missing, unreadable, no video stream
@@ -313,7 +320,7 @@ class LipSync:
         audio: str | Path,
         sink: Callable[[np.ndarray], None],
         options: InferenceOptions | None = None,
-        progress: bool = False,
+        progress: Progress = False,
     ) -> InferenceResult:
         """Like `run`, but hands each output frame (RGB uint8 (h, w, 3), in order, at 25 fps) to `sink` instead
         of encoding: for streaming to a player, a network, or tests. `sink` is called from a worker thread."""
@@ -324,14 +331,18 @@ class LipSync:
         result.seconds = {"audio": seconds, **result.seconds}
         return result
 
-    def _audio_features(self, audio: Path, options: InferenceOptions, progress: bool) -> tuple[torch.Tensor, float]:
+    def _audio_features(self, audio: Path, options: InferenceOptions, progress: Progress) -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
-        self.audio_encoder.progress = progress  # a bar over the 30 s windows of long audio
+        self.audio_encoder.progress = progress is True  # a bar over the 30 s windows of long audio
+        if callable(progress):
+            progress("audio features", 0, 1)
         hidden = self.audio_encoder.hidden_states(audio, window=options.audio_window)  # (N50, L, D)
+        if callable(progress):
+            progress("audio features", 1, 1)
         return hidden, time.perf_counter() - t0
 
     def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
-                 progress: bool) -> InferenceResult:
+                 progress: Progress) -> InferenceResult:
         sampling = SamplingOptions(num_steps=options.steps, guidance_scale=options.guidance,
                                    scheduler=options.scheduler, deepcache_interval=options.deepcache,
                                    split_guidance=options.low_memory)
@@ -348,7 +359,7 @@ class _Job:
     """One run: owns the threads and the per-video state (tracker, aligner, alignment of each source frame)."""
 
     def __init__(self, lipsync: LipSync, video: Path, expected_frames: int, hidden: torch.Tensor, total: int,
-                 options: InferenceOptions, sampling: SamplingOptions, progress: bool):
+                 options: InferenceOptions, sampling: SamplingOptions, progress: Progress):
         self.ls, self.video, self.hidden, self.total = lipsync, video, hidden, total
         self.expected_frames = expected_frames  # from the container's duration, to recognise truncated files
         self.options, self.sampling, self.progress = options, sampling, progress
@@ -520,8 +531,25 @@ class _Job:
         return torch.cat([frame_window(self.hidden, i, 1, fps=FPS) for i in indices])
 
 
-def _progress_bar(total: int, enabled: bool):
-    if not enabled:
+class _CallbackBar:
+    """The two methods of a tqdm bar the job uses, reporting to a `progress(stage, done, total)` callable."""
+
+    def __init__(self, callback: Callable[[str, int, int], None], total: int, stage: str):
+        self.callback, self.total, self.stage, self.done = callback, total, stage, 0
+        callback(stage, 0, total)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.callback(self.stage, self.done, self.total)
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(total: int, progress: Progress):
+    if callable(progress):
+        return _CallbackBar(progress, total, "lip sync")
+    if not progress:
         return None
     from tqdm.auto import tqdm
 
