@@ -155,8 +155,11 @@ def test_tiny_checkpoint_roundtrip_and_seeded_regression(tiny_ckpt):
                            [[0.84852, 2.14464, -0.48802, 2.46939, -6.24638, 2.94734],
                             [6.09472, 1.35682, 3.96663, 2.95658, 0.30889, -2.02376]]),
     }  # fmt: skip
+    # The embeddings come out of that ill-conditioned GroupNorm, which turns the features' ~1e-6 differences
+    # between CPU kernels (AVX2 / AVX-512) into ~1e-4: they get a looser tolerance than the features.
+    tolerance = {"vision_embeds": 5e-4, "audio_embeds": 5e-4, "cosine": 5e-4}
     for name, (got, want) in expected.items():
-        torch.testing.assert_close(got, torch.tensor(want), rtol=0, atol=1e-4, msg=name)
+        torch.testing.assert_close(got, torch.tensor(want), rtol=0, atol=tolerance.get(name, 1e-4), msg=name)
 
 
 @pytest.mark.parametrize("damage", ["missing", "wrong_shape"])

@@ -200,7 +200,10 @@ def test_loads_and_runs_in_half_precision(tiny_checkpoint, dtype):
         ref = load_unet("tiny/unet", tiny_checkpoint)(x, 300, audio)
     assert out.dtype == dtype
     assert torch.isfinite(out).all()
-    assert (out.float() - ref).abs().mean() < 0.05 * ref.abs().mean()
+    # bf16 keeps 8 mantissa bits to fp16's 10: its rounding error through the whole network is about 4x larger
+    # (measured ~5% of the mean output with AVX-512 bf16 kernels, ~2% elsewhere); a broken path is off by ~100%.
+    bound = 0.1 if dtype == torch.bfloat16 else 0.05
+    assert (out.float() - ref).abs().mean() < bound * ref.abs().mean()
 
 
 # --------------------------------------------------------------------------------------------------------
