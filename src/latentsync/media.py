@@ -232,6 +232,27 @@ class VideoInfo:
         return _round_near_inf(Fraction(self.duration_s) * _as_fraction(fps))
 
 
+def audio_duration_s(path: str | os.PathLike) -> float:
+    """Seconds of the first audio track of `path`: from the stream or container header, or by decoding it when
+    neither says. Raises InputError (naming the file) like `probe_audio`."""
+    path = _require_file(path)
+    with _open_media(path) as container:
+        if not container.streams.audio:
+            raise InputError(f"{path}: has no audio track")
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        if container.duration is not None:
+            return container.duration / av.time_base  # microseconds
+        samples, rate = 0, 0
+        try:
+            for frame in container.decode(stream):
+                samples, rate = samples + frame.samples, frame.sample_rate
+        except av.FFmpegError as e:
+            raise InputError(f"{path}: corrupt audio track ({_reason(e)})") from None
+        return samples / rate if rate else 0.0
+
+
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Size, rate, duration, audio presence and rotation of the video at `path`.
 
