@@ -8,17 +8,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 from face_util import (
+    BlobDetector,
     ScriptedBackend,
     anchor_index,
+    blob_frame,
     make_face,
     scrfd_outputs,
+    write_landmark_centroid,
     write_landmark_constant,
     write_landmark_probe,
     write_scrfd_constant,
     write_scrfd_probe,
 )
 
+from latentsync import cli
 from latentsync.errors import CheckpointError, ConfigError, InputError
+from latentsync.face import Face
 from latentsync.face.detect import (
     FaceTracker,
     InsightFaceBackend,
@@ -29,8 +34,10 @@ from latentsync.face.detect import (
     landmark_input_normalisation,
     load_face_backend,
     onnx_node_names,
+    predict_box,
     select_face,
 )
+from latentsync.inference import InferenceOptions
 from latentsync.weights import CheckpointLayout
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -380,3 +387,207 @@ def test_tracker_rule_n_and_no_valid_face():
     assert tracker.track(frame) is None
     with pytest.raises(ConfigError):
         FaceTracker(ScriptedBackend([]), rule="smallest")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tracking with landmarks between detections (detect_every > 1)
+
+
+def _spy(obj, name: str) -> list:
+    """Wrap `obj.name` so that every call appends to the returned list."""
+    calls: list = []
+    original = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    setattr(obj, name, wrapper)
+    return calls
+
+
+def _run(tracker: FaceTracker, frames, spy: list) -> tuple[list, list[int]]:
+    """The tracked faces and the indices of the frames on which `spy` was called."""
+    faces, hits = [], []
+    for i, frame in enumerate(frames):
+        before = len(spy)
+        faces.append(tracker.track(frame))
+        if len(spy) > before:
+            hits.append(i)
+    return faces, hits
+
+
+def _assert_same_face(a: Face, b: Face) -> None:
+    np.testing.assert_array_equal(a.box, b.box)
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)
+    np.testing.assert_array_equal(a.points, b.points)
+    assert a.score == b.score
+
+
+@pytest.fixture
+def blob_backend(tmp_path) -> InsightFaceBackend:
+    """InsightFace with the real Landmark106 path on a landmark model that follows a bright rectangle, and a
+    detector that boxes it."""
+    det = write_scrfd_constant(tmp_path / "det.onnx", scrfd_outputs())
+    backend = InsightFaceBackend(det, write_landmark_centroid(tmp_path / "lmk.onnx"))
+    backend.detector = BlobDetector()
+    return backend
+
+
+def moving_blob(t: int) -> np.ndarray:
+    return blob_frame(150 + 10 * t, 100 + 5 * t)
+
+
+def test_predict_box_moves_and_scales_with_the_landmarks():
+    ref = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], np.float64)
+    box = np.array([-5, -5, 15, 15], np.float32)
+    np.testing.assert_array_equal(predict_box(box, ref, ref), box)
+    np.testing.assert_allclose(predict_box(box, ref, ref * 2 + [100, 50]), [90, 40, 130, 80])
+    # A rotation keeps the RMS distances: the box turns into no smaller one.
+    c, s = np.cos(0.3), np.sin(0.3)
+    turned = (ref - 5) @ np.array([[c, -s], [s, c]]) + 5
+    np.testing.assert_allclose(predict_box(box, ref, turned), box, atol=1e-5)
+
+
+def test_tracker_detects_every_n_frames_and_runs_landmarks_on_every_frame(tmp_path):
+    outs = scrfd_outputs()
+    i = anchor_index(32, 8, 8, 0)
+    outs["score_32"][i] = 0.9
+    outs["bbox_32"][i] = [2, 3, 2, 3]  # box (192, 160, 320, 352) in a 512 x 512 frame
+    lmk = np.stack([np.linspace(-0.6, 0.6, 106), 0.5 * np.sin(np.arange(106))], axis=1)
+    backend = InsightFaceBackend(write_scrfd_constant(tmp_path / "det.onnx", outs),
+                                 write_landmark_constant(tmp_path / "lmk.onnx", lmk))
+    frame = np.zeros((512, 512, 3), np.uint8)
+    expected = backend.detect(frame)[0]
+    detector, landmarks = _spy(backend.detector, "detect"), _spy(backend.landmarker, "get")
+    tracker = FaceTracker(backend, detect_every=3)
+    faces, detected = _run(tracker, [frame] * 8, detector)
+    assert detected == [0, 3, 6]
+    assert len(landmarks) == 8  # one face: once per frame, detected or not
+    for face in faces:  # a still face: the predicted box is the detection's, bit for bit
+        _assert_same_face(face, expected)
+    tracker.reset()  # forgets the track: the next frame is detected
+    assert _run(tracker, [frame] * 2, detector)[1] == [0]
+
+
+def test_tracker_follows_a_moving_face_with_landmarks_only(blob_backend):
+    frames = [moving_blob(t) for t in range(12)]
+    tracker = FaceTracker(blob_backend, detect_every=6)
+    faces, detected = _run(tracker, frames, _spy(blob_backend.detector, "detect"))
+    assert detected == [0, 6]
+    per_frame = [blob_backend.detect(f)[0] for f in frames]
+    for t, (face, ref) in enumerate(zip(faces, per_frame)):
+        # The landmarks found in the predicted box are those found in this frame's detection box ...
+        np.testing.assert_allclose(face.landmarks, ref.landmarks, atol=0.5)
+        np.testing.assert_allclose(face.points, ref.points, atol=1)
+        np.testing.assert_allclose(face.points - faces[0].points, [[10 * t, 5 * t]] * 3, atol=1.5)
+        assert face.score == pytest.approx(0.9)
+        if t not in detected:
+            # ... and the predicted box is where the previous frame's landmarks put the face: the previous
+            # frame's detection box (10 px right and 5 down per frame), not the last detection's.
+            np.testing.assert_allclose(face.box, per_frame[t - 1].box, atol=1)
+
+
+def test_tracker_detects_on_the_frame_the_track_is_lost(blob_backend):
+    a, b = (100, 100), (450, 300)
+    frames = [blob_frame(*a)] * 3 + [blob_frame(*b)] * 2 + [blob_frame(*b) * 0] + [blob_frame(*b)] * 2
+    tracker = FaceTracker(blob_backend, detect_every=10)
+    faces, detected = _run(tracker, frames, _spy(blob_backend.detector, "detect"))
+    # Frame 3: the face jumped out of the crop (the landmarks collapse); frame 5: it is gone (no face, and no
+    # track to follow on frame 6).
+    assert detected == [0, 3, 5, 6]
+    b_box = blob_backend.detect(frames[3])[0].box
+    np.testing.assert_array_equal(faces[3].box, b_box)
+    np.testing.assert_allclose(faces[4].box, b_box, atol=1)
+    assert faces[5] is None and faces[6] is not None and faces[7] is not None
+
+
+class _LandmarkScript:
+    """A backend with `refine`: one detected face with landmarks `base`, refined landmarks from `moves`."""
+
+    name = "script"
+
+    def __init__(self, box, base: np.ndarray, moves):
+        self.box, self.base, self.moves = np.float32(box), np.float32(base), list(moves)
+        self.detections = 0
+
+    def detect(self, frame):
+        self.detections += 1
+        return [Face(box=self.box.copy(), score=0.9, landmarks=self.base.copy(), points=np.zeros((3, 2)))]
+
+    def refine(self, frame, face):
+        landmarks = self.moves.pop(0)(self.base).astype(np.float32)
+        return Face(box=np.float32(face.box), score=face.score, landmarks=landmarks, points=np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("move, lost", [
+    pytest.param(lambda p: p + [-20, 0], False, id="40px-outside"),  # under TRACK_MAX_OUTSIDE x 200 = 50 px
+    pytest.param(lambda p: p + [-40, 0], True, id="60px-outside"),  # although the extents overlap (IoU 0.67)
+    pytest.param(lambda p: p + [0, 60], False, id="iou-0.54"),  # extents (200 - 60) / (200 + 60)
+    pytest.param(lambda p: p + [0, 80], True, id="iou-0.43"),  # under TRACK_MIN_EXTENT_IOU
+    pytest.param(lambda p: p * [1, 0.2], True, id="collapsed"),
+    pytest.param(lambda p: p * np.nan, True, id="nan"),
+])
+def test_tracker_track_loss_checks(move, lost):
+    frame = np.zeros((600, 800, 3), np.uint8)
+    xs, ys = np.meshgrid(np.linspace(-20, 180, 14), np.linspace(100, 300, 8))  # at the left edge, 20 px out
+    base = np.stack([xs.ravel(), ys.ravel()], axis=1)[:106]
+    backend = _LandmarkScript([-30, 80, 190, 320], base, [move])
+    tracker = FaceTracker(backend, detect_every=5)
+    tracker.track(frame)
+    tracker.track(frame)
+    assert backend.detections == (2 if lost else 1)
+
+
+def test_tracker_loses_a_face_that_shrinks_below_the_size_filter():
+    frame = np.zeros((600, 800, 3), np.uint8)
+    xs, ys = np.meshgrid(np.linspace(300, 350, 14), np.linspace(300, 380, 8))
+    base = np.stack([xs.ravel(), ys.ravel()], axis=1)[:106]
+    centre = base.mean(axis=0)
+    shrink = [lambda p, k=k: centre + (p - centre) * 0.9 ** k for k in (1, 2)]  # IoU 0.81 a frame: followed
+    backend = _LandmarkScript([299, 299, 351, 381], base, shrink)  # 52 x 82: just valid
+    tracker = FaceTracker(backend, detect_every=5)
+    tracker.track(frame)
+    assert tracker.track(frame).width == pytest.approx(52)  # the box of frame 0's landmarks
+    assert backend.detections == 1
+    tracker.track(frame)  # this box, 0.9 x 52 wide, is under the 50 px of `is_valid_face`: detected instead
+    assert backend.detections == 2
+
+
+def test_tracker_detect_every_1_is_the_per_frame_path(blob_backend):
+    frames = [moving_blob(t) for t in range(6)]
+    refined = _spy(blob_backend, "refine")
+    assert FaceTracker(blob_backend).detect_every == 1
+    for tracker in (FaceTracker(blob_backend), FaceTracker(blob_backend, detect_every=1)):
+        faces, detected = _run(tracker, frames, _spy(blob_backend.detector, "detect"))
+        assert detected == list(range(6)) and not refined
+        for face, frame in zip(faces, frames):
+            _assert_same_face(face, blob_backend.detect(frame)[0])
+    # A backend without `refine` (mediapipe tracks on its own) is asked to detect on every frame.
+    face = make_face(100, 100, 250, 300)
+    scripted = ScriptedBackend([[face]] * 3)
+    tracker = FaceTracker(scripted, detect_every=3)
+    assert [tracker.track(frames[0]) for _ in range(3)] == [face] * 3 and scripted.calls == 3
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ConfigError):
+            FaceTracker(blob_backend, detect_every=bad)
+
+
+def test_cli_detect_every_reaches_inference_options():
+    parser = cli.build_parser()
+    base = ["infer", "--video", "a", "--audio", "b", "--out", "c"]
+    args = parser.parse_args(base + ["--detect-every", "4", "--quiet"])
+    assert args.detect_every == 4
+    assert parser.parse_args(base).detect_every == InferenceOptions().detect_every
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--detect-every", "0"])
+
+    class FakeLipSync:
+        device = type("Device", (), {"type": "cpu"})()
+
+        def run(self, video, audio, out, options, progress):
+            self.options = options
+
+    lipsync = FakeLipSync()
+    assert cli._run_job(lipsync, Path("a"), Path("b"), Path("c"), args) == 0
+    assert lipsync.options.detect_every == 4

@@ -49,6 +49,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    from .inference import DEFAULT_DETECT_EVERY
     from .media import DEFAULT_PRESET, X264_PRESETS
     from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
 
@@ -73,6 +74,10 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--face", default="largest",
                    help="which face to sync when there are several: largest (default), center, or N (the N-th "
                         "from the left, 0-based); it is then followed from frame to frame")
+    g.add_argument("--detect-every", type=_positive_int, default=DEFAULT_DETECT_EVERY, metavar="N",
+                   help="InsightFace only: run the face detector every N frames and follow the face with the "
+                        "landmark model in between (faster; 1 detects on every frame, as published); mediapipe "
+                        "tracks the face on its own (default: %(default)s)")
     g.add_argument("--crf", type=int, default=18,
                    help="H.264 quality, lower is better (default: 18, visually lossless)")
     g.add_argument("--preset", choices=X264_PRESETS, default=DEFAULT_PRESET,
@@ -139,7 +144,8 @@ def _run_job(lipsync, video: Path, audio: Path, out: Path, args: argparse.Namesp
 
     options = InferenceOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
                                deepcache=args.deepcache, batch_chunks=args.batch_chunks,
-                               low_memory=args.low_memory, face=args.face, crf=args.crf, preset=args.preset)
+                               low_memory=args.low_memory, face=args.face, crf=args.crf, preset=args.preset,
+                               detect_every=args.detect_every)
     if not args.quiet:
         print(f"faces: {lipsync.face_backend} backend; {lipsync.resolution} px; {lipsync.device}, "
               f"{str(lipsync.dtype).removeprefix('torch.')}", file=sys.stderr)

@@ -53,6 +53,15 @@ MAX_PENDING_FRAMES = 4 * CHUNK_FRAMES  # a chunk is closed early when this many 
 # A video whose frames run out well before the duration its container declares is damaged.
 TRUNCATED_FRACTION = 0.9
 TRUNCATED_SLACK_FRAMES = 2
+# InsightFace: the face detector runs on every N-th frame, the landmark model follows the face in between
+# (`FaceTracker(detect_every=N)`; mediapipe tracks on its own). det_10g is SCRFD-10GF (10 GFLOPs at VGA, SCRFD
+# paper) on a 512 px input, 2d106det a MobileNet-0.5 on a 192 px crop (insightface alignment/coordinate_reg):
+# about 40x fewer operations, so detection is nearly all of the face stage's cost, and with pip's CPU-only
+# onnxruntime that stage runs on the CPU. Every 5th frame cuts it about 5x. The box the landmarks see is the
+# last detection's box moved with the face (2d106det takes "loose cropped" detection boxes), anchored to that
+# detection so it does not drift; a lost track is detected again at once, a new face (or a scene cut the
+# track checks miss) within 4 frames, 160 ms. 1 reproduces the reference's per-frame detection exactly.
+DEFAULT_DETECT_EVERY = 5
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -81,6 +90,7 @@ class InferenceOptions:
     crf: int = DEFAULT_CRF
     preset: str = DEFAULT_PRESET
     audio_window: str = "overlap"
+    detect_every: int = DEFAULT_DETECT_EVERY  # InsightFace: face detection every N frames, landmarks in between
 
 
 @dataclass
@@ -366,7 +376,8 @@ class _Job:
         self.resolution = lipsync.resolution
         rule = check_rule(options.face)
         # A fresh backend per job: video-mode trackers (mediapipe) carry state from frame to frame.
-        self.tracker = FaceTracker(load_face_backend(lipsync.face_backend_name, lipsync.checkpoints), rule=rule)
+        self.tracker = FaceTracker(load_face_backend(lipsync.face_backend_name, lipsync.checkpoints), rule=rule,
+                                   detect_every=options.detect_every)
         self.aligner = FaceAligner(lipsync.resolution)
         self.alignment: dict[int, np.ndarray | None] = {}  # source index -> matrix (None: no face)
         self.frames_with_face = 0

@@ -42,7 +42,13 @@ class Face:
 
 
 class FaceBackend(Protocol):
-    """Finds faces and their landmarks in one frame."""
+    """Finds faces and their landmarks in one frame.
+
+    A backend may also have `refine(frame, face) -> Face | None`: `face` followed into `frame` with landmarks
+    only, in the box `face.box` predicted from earlier frames (None: it cannot). `detect.FaceTracker` uses it
+    between detections when `detect_every` > 1 (InsightFace has it; mediapipe, which tracks on its own in
+    video mode, does not).
+    """
 
     name: str
 

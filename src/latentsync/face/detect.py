@@ -96,6 +96,21 @@ MESH_MIN_TRACKING_CONFIDENCE = 0.5  # mediapipe's default
 
 FACE_RULES = ("largest", "center")
 DEFAULT_IOU_THRESHOLD = 0.3
+# Between detections (`FaceTracker(detect_every=N)`, N > 1) the face is followed by the landmark model alone,
+# in a box predicted from the previous frame. Its landmarks are discarded, and the detector runs on that frame,
+# when they fail one of these checks:
+# - The extent (min/max) of the new landmarks overlaps the previous frame's extent less than this (IoU). The
+#   landmark crop is 1.5x the box (`LANDMARK_CROP_MARGIN`): a face stays wholly inside it while it moves less
+#   than a quarter of its size, and an extent shifted by a quarter of its size along one axis still has IoU
+#   0.75 / 1.25 = 0.6. Below 0.5 the face moved farther than the crop allows (so part of it was cut off when
+#   the landmarks were computed), or the landmarks jumped because the crop no longer holds the face.
+TRACK_MIN_EXTENT_IOU = 0.5
+# - A landmark lies outside the frame by more than this fraction of the landmarks' extent (its longer side). A
+#   face at the frame edge may run a little past it (the model completes the jaw line across the crop's zero
+#   border); farther out, that part of the crop was mostly border and its points are guesses.
+TRACK_MAX_OUTSIDE = 0.25
+# - The face, with the predicted box and the last detection's score, fails `is_valid_face` (it shrank below
+#   the reference's size filter), or a landmark is not finite.
 
 Rule = Union[str, int]
 PathLike = Union[str, Path]
@@ -435,6 +450,18 @@ class InsightFaceBackend:
                               points=alignment_points(landmarks)))
         return faces
 
+    def refine(self, frame: np.ndarray, face: Face) -> Face:
+        """`face` followed into `frame` by the landmark model alone, without running the detector.
+
+        `face.box` is where to look (a box predicted from earlier frames, see `FaceTracker`); the result has
+        that box, `face.score` (the score of the detection the track started from), and the 106 landmarks and
+        alignment points found in that box. Whether the face is still there is the caller's check.
+        """
+        frame = _check_frame(frame)
+        box = np.asarray(face.box, dtype=np.float32).copy()
+        landmarks = self.landmarker.get(frame, box)
+        return Face(box=box, score=float(face.score), landmarks=landmarks, points=alignment_points(landmarks))
+
     def reset(self) -> None:
         """Nothing to reset: InsightFace keeps no state between frames."""
 
@@ -648,6 +675,30 @@ def select_face(faces: Sequence[Face], rule: Rule, frame_shape: Sequence[int]) -
     return by_x[rule] if rule < len(by_x) else None
 
 
+def landmark_extent(landmarks: np.ndarray) -> np.ndarray:
+    """The box (4,) float64 x1, y1, x2, y2 spanned by landmarks (k, 2)."""
+    lmk = np.asarray(landmarks, dtype=np.float64)
+    return np.concatenate([lmk.min(axis=0), lmk.max(axis=0)])
+
+
+def predict_box(box: np.ndarray, box_landmarks: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """`box` moved as its face's landmarks moved from `box_landmarks` to `landmarks`: (4,) float32.
+
+    The motion is a scale and a translation (no rotation: the box stays axis-aligned like a detector's). The
+    translation is that of the landmarks' centroid; the scale is the ratio of their RMS distances from it,
+    which a head tilting in the image plane does not change (a least-squares scale would shrink by the cosine
+    of the angle).
+    """
+    ref = np.asarray(box_landmarks, dtype=np.float64)  # (k, 2)
+    cur = np.asarray(landmarks, dtype=np.float64)  # (k, 2)
+    ref_c, cur_c = ref.mean(axis=0), cur.mean(axis=0)  # (2,)
+    ref_r = np.sqrt(np.mean(np.sum((ref - ref_c) ** 2, axis=1)))
+    cur_r = np.sqrt(np.mean(np.sum((cur - cur_c) ** 2, axis=1)))
+    scale = cur_r / ref_r if ref_r > 0 else 1.0
+    corners = np.asarray(box, dtype=np.float64).reshape(2, 2)  # (x1, y1), (x2, y2)
+    return ((corners - ref_c) * scale + cur_c).reshape(4).astype(np.float32)
+
+
 class FaceTracker:
     """Follows one face through a video.
 
@@ -656,16 +707,54 @@ class FaceTracker:
     is lost and the face is chosen by `rule` again. A frame without any valid face returns None (the
     pipeline passes it through unchanged) and keeps the last box, so a face missed for a few frames is picked
     up again where it was. `reset()` forgets the track (and the backend's own tracking state).
+
+    `detect_every`: 1 (the default, as the reference) runs the backend's full detection on every frame. N > 1,
+    with a backend that has `refine(frame, face) -> Face | None` (InsightFace), runs it only on the first
+    frame, every N-th frame after a detection, and whenever the track is lost; on the frames between, only
+    the landmark model runs, in the box of the last detection moved and scaled as the landmarks moved since
+    (`predict_box`), and the face keeps that detection's score. Landmarks that fail the checks listed at
+    `TRACK_MIN_EXTENT_IOU` lose the track: the same frame then goes through the full detection. Backends without
+    `refine` (mediapipe, whose video mode already tracks the face between its own detections) get `detect`
+    on every frame whatever `detect_every` is.
     """
 
-    def __init__(self, backend: FaceBackend, rule: Rule = "largest", iou_threshold: float = DEFAULT_IOU_THRESHOLD):
+    def __init__(self, backend: FaceBackend, rule: Rule = "largest", iou_threshold: float = DEFAULT_IOU_THRESHOLD,
+                 detect_every: int = 1):
+        if isinstance(detect_every, bool) or not isinstance(detect_every, int) or detect_every < 1:
+            raise ConfigError(f"detect_every must be an integer of at least 1, got {detect_every!r}")
         self.backend = backend
         self.rule = check_rule(rule)
         self.iou_threshold = iou_threshold
+        self.detect_every = detect_every
+        refine = getattr(backend, "refine", None)
+        self._refine = refine if detect_every > 1 and callable(refine) else None
         self.box: np.ndarray | None = None  # the last followed box
+        self._forget_track()
+
+    def _forget_track(self) -> None:
+        self._detected: Face | None = None  # the last detected face: its box and landmarks anchor the prediction
+        self._previous: Face | None = None  # the followed face on the previous frame
+        self._since_detection = 0  # frames since the last detection, that one included
 
     def track(self, frame: np.ndarray) -> Face | None:
         """The followed face in `frame`, or None when it has no valid face."""
+        if self._refine is not None and self._detected is not None and self._since_detection < self.detect_every:
+            face = self._follow(frame)
+            if face is not None:
+                self._since_detection += 1
+                self._previous = face
+                self.box = np.asarray(face.box, dtype=np.float32).copy()
+                return face
+        face = self._detect(frame)
+        if face is None:
+            self._forget_track()
+        else:
+            self._detected = self._previous = face
+            self._since_detection = 1
+        return face
+
+    def _detect(self, frame: np.ndarray) -> Face | None:
+        """The full path: every face the backend finds, the one overlapping the last box or else `rule`'s."""
         faces = [f for f in self.backend.detect(frame) if is_valid_face(f)]
         if not faces:
             return None
@@ -681,9 +770,35 @@ class FaceTracker:
             self.box = np.asarray(chosen.box, dtype=np.float32).copy()
         return chosen
 
+    def _follow(self, frame: np.ndarray) -> Face | None:
+        """The face followed by the landmark model from the previous frame, or None when the track is lost."""
+        detected, previous = self._detected, self._previous
+        box = predict_box(detected.box, detected.landmarks, previous.landmarks)
+        hint = Face(box=box, score=detected.score, landmarks=previous.landmarks, points=previous.points)
+        face = self._refine(frame, hint)
+        if face is None or self._lost(face, previous, frame.shape):
+            return None
+        return face
+
+    @staticmethod
+    def _lost(face: Face, previous: Face, frame_shape: Sequence[int]) -> bool:
+        """Whether `face`, followed from `previous`, is no longer the face (see `TRACK_MIN_EXTENT_IOU`)."""
+        landmarks = np.asarray(face.landmarks, dtype=np.float64)
+        if not np.all(np.isfinite(landmarks)) or not is_valid_face(face):
+            return True
+        # The predicted box is where `previous`'s landmarks put the face, so they are where this frame's
+        # landmarks are expected.
+        extent = landmark_extent(landmarks)
+        if iou(extent, landmark_extent(previous.landmarks)) < TRACK_MIN_EXTENT_IOU:
+            return True
+        margin = TRACK_MAX_OUTSIDE * max(extent[2] - extent[0], extent[3] - extent[1])
+        h, w = frame_shape[:2]
+        return bool(extent[0] < -margin or extent[1] < -margin or extent[2] > w + margin or extent[3] > h + margin)
+
     def reset(self) -> None:
         """Forget the followed face, e.g. at a scene cut or before another video."""
         self.box = None
+        self._forget_track()
         reset = getattr(self.backend, "reset", None)
         if callable(reset):
             reset()
