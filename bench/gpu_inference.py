@@ -4,7 +4,7 @@ published ones), and what each speed-up changes in the output.
 For LatentSync 1.6 (512 px, `stage2_512`) and 1.5 (256 px, `stage2`): a talking-head clip (default 10 s, 1080p)
 through `LipSync.run` end to end (audio features, decode, faces, alignment, diffusion, paste-back, encode), in
 seconds of compute per second of video (s/s) and peak GPU memory, for the exact path (20 DDIM steps, guidance
-1.5) and each speed-up: DeepCache, DPM-Solver++ at 10 steps, torch.compile, no guidance, several chunks per UNet
+1.5) and each speed-up: DeepCache, DPM-Solver++ at 10 steps, torch.compile, channels-last weights, no guidance, several chunks per UNet
 call, and the low-memory mode. Each variant's frames are compared with the exact path's (PSNR/SSIM).
 
 Baselines it names: the reference 1.6 at 4.4-7.7 s/s on an H100 (published third-party figures) and ~18 GB of
@@ -55,6 +55,7 @@ VARIANTS = {
     "deepcache": ({"deepcache": 3}, {}),
     "dpm++10": ({"scheduler": "dpm++", "steps": 10}, {}),
     "compile": ({}, {"compile": True}),
+    "channels-last": ({}, {"channels_last": True}),
     "guidance1": ({"guidance": 1.0}, {}),
     "batch2": ({"batch_chunks": 2}, {}),
     "low-memory": ({"low_memory": True}, {}),

@@ -9,6 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import torch
 
 from latentsync import cli
 from latentsync.audio import num_video_frames
@@ -170,6 +171,18 @@ def test_batching_chunks_gives_the_same_video(lipsync, clip, speech, processed):
     assert len(frames) == len(processed[1])
     diff = np.stack([np.abs(a.astype(int) - b.astype(int)) for a, b in zip(frames, processed[1])])
     assert diff.max() <= 3 and diff.mean() < 0.01  # float noise of other batch shapes, rounded to uint8
+
+
+def test_channels_last_weights_give_the_same_video(checkpoints, clip, speech, processed):
+    nhwc = LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", audio_cache=False,
+                   channels_last=True)
+    assert nhwc.pipeline.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc.pipeline.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
+    frames: list[np.ndarray] = []
+    nhwc.process(clip, speech, frames.append, FAST)
+    assert len(frames) == len(processed[1])
+    diff = np.stack([np.abs(a.astype(int) - b.astype(int)) for a, b in zip(frames, processed[1])])
+    assert diff.max() <= 3 and diff.mean() < 0.01  # other kernels' float rounding, to uint8
 
 
 def test_audio_shorter_than_the_video_cuts_it(lipsync, clip, work):

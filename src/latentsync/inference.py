@@ -242,6 +242,9 @@ class LipSync:
             "insightface" or "mediapipe".
         audio_cache: folder for cached audio features (None: the user cache; False: off).
         compile: `torch.compile` the UNet and the VAE decoder (slow first chunk, faster after).
+        channels_last: keep the convolution weights of the UNet and the VAE in channels-last (NHWC) layout, which
+            the GPU's tensor-core convolutions prefer; the same results within rounding. `bench/gpu_inference.py`
+            measures whether it pays on a given GPU.
     """
 
     def __init__(
@@ -255,6 +258,7 @@ class LipSync:
         face_backend: str = "auto",
         audio_cache: str | Path | bool | None = None,
         compile: bool = False,
+        channels_last: bool = False,
     ):
         root = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
         layout = CheckpointLayout(root)
@@ -271,6 +275,9 @@ class LipSync:
         t0 = time.perf_counter()
         unet = load_unet(config, unet_path, device=self.device, dtype=self.dtype)
         vae = load_vae(vae_path, device=self.device, dtype=self.dtype)
+        if channels_last:  # convolutions then run (and hand on their outputs) in NHWC
+            unet.to(memory_format=torch.channels_last)
+            vae.to(memory_format=torch.channels_last)
         if compile:
             # The first chunk (and each new chunk length) pays the compilation; worth it for long videos on a GPU.
             unet.forward = torch.compile(unet.forward)
