@@ -105,6 +105,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_model_choice(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """--checkpoints, and --version or --unet-config (the group is returned for further choices)."""
+    p.add_argument("--checkpoints", type=Path, default=None,
+                   help="weights folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--version", choices=["1.6", "1.5"], default=None,
+                       help="1.6: 512 px faces, 1.5: 256 px (default: what `latentsync download` installed, "
+                            "else 1.6)")
+    which.add_argument("--unet-config", default=None, help="a UNet config YAML instead of --version")
+    return which
+
+
 def _add_infer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "infer",
@@ -118,13 +130,7 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--video", type=Path, required=True, help="input video (any format FFmpeg reads)")
     p.add_argument("--audio", type=Path, required=True, help="speech: an audio file, or a video with sound")
     p.add_argument("--out", type=Path, required=True, help="output video (.mp4, .mov or .mkv)")
-    p.add_argument("--checkpoints", type=Path, default=None,
-                   help="weights folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--version", choices=["1.6", "1.5"], default=None,
-                       help="1.6: 512 px faces, 1.5: 256 px (default: what `latentsync download` installed, "
-                            "else 1.6)")
-    which.add_argument("--unet-config", default=None, help="a UNet config YAML instead of --version")
+    _add_model_choice(p)
     _add_inference_options(p)
     p.set_defaults(func=_run_infer)
 
@@ -210,13 +216,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
             "Gradio: pip install 'latentsync[app]'."
         ),
     )
-    p.add_argument("--checkpoints", type=Path, default=None,
-                   help="weights folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--version", choices=["1.6", "1.5"], default=None,
-                       help="1.6: 512 px faces, 1.5: 256 px (default: what `latentsync download` installed, "
-                            "else 1.6)")
-    which.add_argument("--unet-config", default=None, help="a UNet config YAML instead of --version")
+    which = _add_model_choice(p)
     which.add_argument("--demo", action="store_true",
                        help="tiny random-weight models written into a temporary folder: try the page with no "
                             "download (no real lip sync)")
