@@ -77,19 +77,9 @@ def decode_audio(path: str | os.PathLike, sample_rate: int = DEFAULT_SAMPLE_RATE
 def probe_audio(path: str | os.PathLike) -> tuple[int, int]:
     """(sample rate, channels) of the first audio track of `path`, after decoding its first samples: a cheap
     check that the file is usable, for failing fast before a long job. Raises InputError like `decode_audio`."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    try:
-        container = av.open(str(path), mode="r")
-    except (av.FFmpegError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not a readable audio or video file ({_reason(e)})") from None
-    with container:
-        if not container.streams.audio:
-            raise InputError(f"{path}: has no audio track")
-        stream = container.streams.audio[0]
+    path = _require_file(path)
+    with _open_media(path) as container:
+        stream = _audio_stream(container, path)
         try:
             for frame in container.decode(stream):
                 if frame.samples > 0:
@@ -237,13 +227,10 @@ def audio_duration_s(path: str | os.PathLike) -> float:
     neither says. Raises InputError (naming the file) like `probe_audio`."""
     path = _require_file(path)
     with _open_media(path) as container:
-        if not container.streams.audio:
-            raise InputError(f"{path}: has no audio track")
-        stream = container.streams.audio[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        if container.duration is not None:
-            return container.duration / av.time_base  # microseconds
+        stream = _audio_stream(container, path)
+        seconds = _header_duration_s(container, stream)
+        if seconds is not None:
+            return seconds
         samples, rate = 0, 0
         try:
             for frame in container.decode(stream):
@@ -269,12 +256,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         if rotation % (2 * QUARTER_TURN_DEG):
             width, height = height, width
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        if stream.duration is not None:
-            duration_s = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration_s = container.duration / av.time_base  # microseconds
-        else:
-            duration_s = 0.0
+        duration_s = _header_duration_s(container, stream) or 0.0
         return VideoInfo(
             path=path, width=width, height=height, fps=float(rate) if rate else 0.0, duration_s=duration_s,
             has_audio=bool(container.streams.audio), rotation=rotation,
@@ -795,6 +777,22 @@ def _open_media(path: Path):
         return av.open(str(path), mode="r")
     except (av.FFmpegError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: not a readable audio or video file ({_reason(e)})") from None
+
+
+def _audio_stream(container, path: Path):
+    if not container.streams.audio:
+        raise InputError(f"{path}: has no audio track")
+    return container.streams.audio[0]
+
+
+def _header_duration_s(container, stream) -> float | None:
+    """Seconds of `stream` as the headers give it: the stream's own duration, else the container's; None when
+    neither says."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base  # microseconds
+    return None
 
 
 def _video_stream(container, path: Path):
