@@ -18,9 +18,9 @@ import pytest
 from latentsync import cli
 from latentsync.app import AppSettings, LipSyncService, build_app, launch, public_message, write_examples
 from latentsync.audio import num_video_frames
-from latentsync.demo import UNET_CONFIG_NAME, make_talking_clip, synth_speech, write_tiny_checkpoints
+from latentsync.demo import make_talking_clip, synth_speech
 from latentsync.errors import InputError
-from latentsync.inference import InferenceOptions, LipSync
+from latentsync.inference import InferenceOptions
 from latentsync.media import VideoReader, VideoWriter, probe_video, write_wav
 
 FAST = InferenceOptions(steps=2, guidance=1.5)
@@ -49,16 +49,6 @@ def read_frames(path: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("app")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(work) -> Path:
-    return write_tiny_checkpoints(work / "checkpoints")
-
-
-@pytest.fixture(scope="module")
-def lipsync(checkpoints) -> LipSync:
-    return LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", audio_cache=False)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +104,7 @@ def server(lipsync, work, checkpoints):
     service = RecordingService(lipsync, settings)
     app = build_app(service, examples=write_examples(work / "examples"))
     port = free_port()
-    launch(app, settings, port=port, block=False, quiet=True, blocked_paths=[checkpoints])
+    launch(app, settings, port=port, quiet=True, blocked_paths=[checkpoints])
     try:
         yield app, service, f"http://127.0.0.1:{port}"
     finally:
@@ -180,7 +170,7 @@ def test_service_rejects_inputs_over_the_limits_before_any_model_work(media, tmp
         raise AssertionError("models loaded for a request that should have been refused")
 
     service = LipSyncService(no_models, AppSettings(max_seconds=MAX_SECONDS), root=tmp_path / "svc")
-    with pytest.raises(InputError, match=rf"lecture.wav: the audio lasts 10 s, longer than this server's limit of 8 s"):
+    with pytest.raises(InputError, match=r"lecture.wav: the audio lasts 10 s, longer than this server's limit of 8 s"):
         service.run(media["clip"], media["too long"], FAST)
     with pytest.raises(InputError, match="broken clip.mp4"):
         service.run(media["broken"], media["speech"], FAST)

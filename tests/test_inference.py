@@ -13,7 +13,7 @@ import torch
 
 from latentsync import cli
 from latentsync.audio import num_video_frames
-from latentsync.demo import UNET_CONFIG_NAME, load_portrait, synth_speech, write_tiny_checkpoints
+from latentsync.demo import UNET_CONFIG_NAME, load_portrait, synth_speech
 from latentsync.errors import InputError
 from latentsync.face.detect import MediapipeBackend
 from latentsync.inference import InferenceOptions, LipSync, pingpong_index
@@ -48,16 +48,6 @@ def write_clip(path: Path, n: int = SOURCE_FRAMES, faceless_frames=FACELESS, aud
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("inference")
-
-
-@pytest.fixture(scope="module")
-def checkpoints(work) -> Path:
-    return write_tiny_checkpoints(work / "checkpoints")
-
-
-@pytest.fixture(scope="module")
-def lipsync(checkpoints) -> LipSync:
-    return LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", audio_cache=False)
 
 
 @pytest.fixture(scope="module")

@@ -180,14 +180,9 @@ def _import_gradio():
 def write_examples(folder: str | Path) -> list[list[str]]:
     """The page's example inputs, built from the demo clip (a portrait shipped with matplotlib) and synthetic
     speech: [[video, audio]]."""
-    from .demo import SPEECH_RATE_HZ, make_talking_clip, synth_speech
-    from .media import write_wav
+    from .demo import write_demo_media
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    video = make_talking_clip(folder / "portrait.mp4", seconds=3.0)
-    audio = write_wav(folder / "speech.wav", synth_speech(3.0), SPEECH_RATE_HZ)
-    return [[str(video), str(audio)]]
+    return [[str(p) for p in write_demo_media(folder)]]
 
 
 def build_app(service: LipSyncService, *, description: str = "", examples: list[list[str]] | None = None):
@@ -259,12 +254,12 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
 
 
 def launch(app, settings: AppSettings, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, *,
-           block: bool = True, quiet: bool = False, blocked_paths: list[str | Path] = ()):
-    """Serve `app` on host:port (never a public share link). With `block=False` returns at once (tests);
-    the caller then stops it with `app.close()`. `blocked_paths` are never served, whatever else allows them."""
+           quiet: bool = False, blocked_paths: list[str | Path] = ()):
+    """Start serving `app` on host:port (never a public share link) and return at once; the caller stops it with
+    `app.close()`. `blocked_paths` are never served, whatever else allows them."""
     try:
         app.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
-                   max_file_size=f"{settings.max_upload_mb:g}mb", prevent_thread_lock=not block, quiet=quiet,
+                   max_file_size=f"{settings.max_upload_mb:g}mb", prevent_thread_lock=True, quiet=quiet,
                    show_error=False, footer_links=["api"],
                    blocked_paths=[str(Path(p).resolve()) for p in blocked_paths] or None)
     except OSError as e:
@@ -312,7 +307,7 @@ def serve(settings: AppSettings | None = None, *, checkpoints: str | Path | None
                 "not follow the speech.**" if demo else "")
         app = build_app(service, description=note, examples=examples)
         _stop_on_sigterm()
-        launch(app, settings, host, port, block=False, quiet=True, blocked_paths=[checkpoints])
+        launch(app, settings, host, port, quiet=True, blocked_paths=[checkpoints])
         if not quiet:
             shown = "localhost" if host in ("127.0.0.1", "localhost") else host
             print(f"serving on http://{shown}:{port} (Ctrl-C stops)", file=sys.stderr)

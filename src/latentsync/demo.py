@@ -122,11 +122,16 @@ def make_talking_clip(path: str | Path, seconds: float = 3.0, fps: float = DEMO_
     return Path(path)
 
 
+def write_demo_media(folder: str | Path, seconds: float = 3.0) -> tuple[Path, Path]:
+    """The demo clip `folder/portrait.mp4` and its speech `folder/speech.wav`; returns (video, audio)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    video = make_talking_clip(folder / "portrait.mp4", seconds=seconds)
+    audio = write_wav(folder / "speech.wav", synth_speech(seconds), SPEECH_RATE_HZ)
+    return video, audio
+
+
 def prepare_demo(workdir: str | Path, seconds: float = 3.0) -> tuple[Path, Path, Path]:
     """Write the tiny checkpoints, the clip and the speech into `workdir`; returns (checkpoints, video, audio)."""
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    checkpoints = write_tiny_checkpoints(workdir / "checkpoints")
-    video = make_talking_clip(workdir / "portrait.mp4", seconds=seconds)
-    audio = write_wav(workdir / "speech.wav", synth_speech(seconds), SPEECH_RATE_HZ)
-    return checkpoints, video, audio
+    video, audio = write_demo_media(workdir, seconds)
+    return write_tiny_checkpoints(Path(workdir) / "checkpoints"), video, audio
