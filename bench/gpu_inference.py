@@ -35,18 +35,13 @@ from inference import make_clip  # noqa: E402  (bench/inference.py: the 1080p ta
 
 from latentsync.demo import TINY_WHISPER_DIMS, synth_speech, write_tiny_checkpoints  # noqa: E402
 from latentsync.media import write_wav  # noqa: E402
+from latentsync.models.vae import SD_VAE_CONFIG  # noqa: E402
 
 FPS = 25
 REFERENCE_S_PER_S = (4.4, 7.7)  # reference 1.6 on an H100, published third-party figures
 TARGET_S_PER_S = {"1.6": 2.5, "1.5": 1.0}
 TARGET_PEAK_GB = {"1.6": 18.0}
 CONFIG_FOR_VERSION = {"1.6": "stage2_512", "1.5": "stage2"}
-# stabilityai/sd-vae-ft-mse's architecture (its config.json).
-SD_VAE_CONFIG = dict(
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
-    block_out_channels=(128, 256, 512, 512), sample_size=256,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-)
 CONV_OUT_STD = 0.02
 
 # name -> (InferenceOptions overrides, LipSync overrides)
@@ -58,7 +53,7 @@ VARIANTS = {
     "channels-last": ({}, {"channels_last": True}),
     "guidance1": ({"guidance": 1.0}, {}),
     "batch2": ({"batch_chunks": 2}, {}),
-    "low-memory": ({"low_memory": True}, {}),
+    "low-memory": ({"low_memory": True}, {"offload": True}),  # what `latentsync infer --low-memory` does
 }
 
 
@@ -113,6 +108,12 @@ def run_variant(checkpoints: Path, unet_config, video: Path, audio: Path, out: P
     if cuda:
         report["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         report["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
+        # Beside it, what latentsync.memory predicts for the same settings without a GPU (bench/vram_estimate.py).
+        from latentsync.memory import estimate_chunk_memory
+
+        report["estimated_peak_gb"] = estimate_chunk_memory(
+            unet_config, dtype=lipsync.dtype, sampling=opts.sampling(), batch_chunks=opts.batch_chunks,
+            offload=loader.get("offload", False)).peak / 2**30
     del lipsync
     return report
 
@@ -168,7 +169,8 @@ def main() -> None:
                 r.update({k: v for k, v in compare_videos(work / f"out-{version}-exact.mp4", out).items()
                           if k in ("psnr", "ssim")})
             results[name] = r
-            peak = f"{r['peak_gb']:.1f} GB" if "peak_gb" in r else "-"
+            peak = (f"{r['peak_gb']:.1f} GB (reserved {r['peak_reserved_gb']:.1f}, estimated "
+                    f"{r['estimated_peak_gb']:.1f})" if "peak_gb" in r else "-")
             quality = f"PSNR {r['psnr']:.1f} dB SSIM {r['ssim']:.3f} vs exact" if "psnr" in r else "(reference)"
             first = f" (first run {r['first_run_s_per_s']:.2f})" if "first_run_s_per_s" in r else ""
             print(f"{version:>4} {name:>10}: {r['s_per_s']:.2f} s/s{first}, peak {peak}, {quality}; "

@@ -18,11 +18,7 @@ import time
 
 import torch
 
-SD_VAE_CONFIG = dict(  # stabilityai/sd-vae-ft-mse's config.json
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=256,
-    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-)
+from latentsync.models.vae import SD_VAE_CONFIG
 
 
 def child(mode: str, resolution: int, frames: int) -> None:

@@ -3,6 +3,7 @@ ships): lengths, the audio track, what changes and what must not, and every kind
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -175,6 +176,22 @@ def test_channels_last_weights_give_the_same_video(checkpoints, clip, speech, pr
     assert diff.max() <= 3 and diff.mean() < 0.01  # other kernels' float rounding, to uint8
 
 
+def test_low_memory_mode_gives_the_same_video(checkpoints, clip, speech, processed, monkeypatch):
+    import latentsync.inference as inference
+
+    monkeypatch.setattr(inference, "LOW_MEMORY_FEED_FORWARD_ROWS", 100)  # tiny latents: slices must still happen
+    low = LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", audio_cache=False,
+                  offload=True)
+    assert low.pipeline.vae_offload is not None and low.audio_encoder._offload is not None
+    options = dataclasses.replace(FAST, low_memory=True)
+    assert options.sampling().split_guidance and options.sampling().feed_forward_rows == 100
+    frames: list[np.ndarray] = []
+    low.process(clip, speech, frames.append, options)
+    assert len(frames) == len(processed[1])
+    diff = np.stack([np.abs(a.astype(int) - b.astype(int)) for a, b in zip(frames, processed[1])])
+    assert diff.max() <= 3 and diff.mean() < 0.01  # other batch shapes' float rounding, to uint8
+
+
 def test_audio_shorter_than_the_video_cuts_it(lipsync, clip, work):
     short = write_wav(work / "short.wav", synth_speech(1.0), 16_000)
     frames: list[np.ndarray] = []
@@ -202,6 +219,20 @@ def test_paths_with_spaces_and_non_ascii_work(checkpoints, clip, speech, tmp_pat
     out = folder / "synced ü.mp4"
     assert cli.main(infer(checkpoints, video, audio, out)) == 0
     assert probe_video(out).has_audio
+
+
+def test_cli_low_memory_offloads_and_splits(checkpoints, clip, speech, tmp_path, monkeypatch):
+    seen = {}
+    run = LipSync.run
+
+    def spy(self, video, audio, out, options, progress=True):
+        seen.update(offload=self.pipeline.vae_offload is not None, low_memory=options.low_memory)
+        return run(self, video, audio, out, options, progress)
+
+    monkeypatch.setattr(LipSync, "run", spy)
+    out = tmp_path / "low.mp4"
+    assert cli.main(infer(checkpoints, clip, speech, out, "--low-memory")) == 0
+    assert seen == {"offload": True, "low_memory": True} and probe_video(out).has_audio
 
 
 def make_bad_inputs(tmp: Path, clip: Path, speech: Path) -> dict[str, tuple[list, str]]:

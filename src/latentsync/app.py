@@ -70,6 +70,7 @@ class AppSettings:
     queue_size: int = 32  # jobs waiting at most; further requests are turned away until one finishes
     keep_minutes: float = 60  # how long uploads and results stay in Gradio's cache
     steps: int = DEFAULT_STEPS  # the page's default number of denoising steps
+    low_memory: bool = False  # every job in the low-memory mode, the VAE and Whisper offloaded while idle
 
     def __post_init__(self):
         if self.concurrency < 1 or self.queue_size < 1:
@@ -196,7 +197,8 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
         crf, preset = QUALITY.get(quality, QUALITY["standard"])
         options = InferenceOptions(steps=int(steps), guidance=float(guidance), seed=int(seed),
                                    scheduler=scheduler, deepcache=3 if deepcache else 0,
-                                   face=FACES.get(face, "largest"), crf=crf, preset=preset)
+                                   face=FACES.get(face, "largest"), crf=crf, preset=preset,
+                                   low_memory=settings.low_memory)
 
         def report(stage: str, done: int, total: int) -> None:
             progress((done, total), desc=stage, unit="frames" if stage == "lip sync" else "steps")
@@ -297,7 +299,8 @@ def serve(settings: AppSettings | None = None, *, checkpoints: str | Path | None
 
         def make() -> LipSync:
             return LipSync(checkpoints, version=version, unet_config=unet_config, device=device, dtype=dtype,
-                           face_backend=face_backend, audio_cache=False if demo else None, compile=compile)
+                           face_backend=face_backend, audio_cache=False if demo else None, compile=compile,
+                           offload=settings.low_memory)
 
         if not quiet and not lazy:
             print("loading the models ...", file=sys.stderr)

@@ -59,6 +59,7 @@ from .errors import CheckpointError, InputError
 from .fileio import atomic_write
 from .media import decode_audio
 from .models.checkpoint import materialize, read_checkpoint, resolve_device
+from .models.offload import Offloaded, residency
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,8 @@ class WhisperAudioEncoder:
         dtype: compute dtype (None: float16 on CUDA, as the reference, else float32). Weights stay float32.
         cache_dir: folder for cached hidden states; None: `default_cache_dir()`; False: no caching.
         progress: show a progress bar over the 30 s windows.
+        offload: keep the weights in host memory and bring them to `device` only while encoding (low-memory
+            inference: the encoder is idle once a job's audio is encoded).
 
     Attributes: `dims` (whisper ModelDimensions), `device`, `dtype`, `cache_dir` (Path or None),
     `weights_fingerprint` (sha256 of the encoder weights), `encoder_calls` (30 s windows encoded so far).
@@ -217,6 +220,7 @@ class WhisperAudioEncoder:
         cache_dir: str | os.PathLike | None | bool = None,
         *,
         progress: bool = False,
+        offload: bool = False,
     ):
         whisper = _whisper()
         self.checkpoint = Path(checkpoint)
@@ -238,6 +242,7 @@ class WhisperAudioEncoder:
         ).eval()
         del state
         self.encoder.requires_grad_(False)
+        self._offload = Offloaded(self.encoder, self.device) if offload else None
         if cache_dir is False:
             self.cache_dir = None
         elif cache_dir is None or cache_dir is True:
@@ -294,9 +299,10 @@ class WhisperAudioEncoder:
         # the loudest part of the whole file, not of each window.
         mel = whisper.audio.log_mel_spectrogram(torch.from_numpy(samples), n_mels=self.dims.n_mels)  # (m, T)
         n_rows = mel.shape[-1] // MEL_FRAMES_PER_ROW
-        if window == "reference" or n_rows <= WINDOW_ROWS:
-            return self._encode_reference(mel)
-        return self._encode_overlap(mel)
+        with residency(self._offload):
+            if window == "reference" or n_rows <= WINDOW_ROWS:
+                return self._encode_reference(mel)
+            return self._encode_overlap(mel)
 
     def _encode_reference(self, mel: torch.Tensor) -> torch.Tensor:
         """LatentSync's segmentation: windows at 0, 30 s, 60 s, ..., zero-padded in mel space, truncated."""

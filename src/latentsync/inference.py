@@ -62,6 +62,10 @@ TRUNCATED_SLACK_FRAMES = 2
 # detection so it does not drift; a lost track is detected again at once, a new face (or a scene cut the
 # track checks miss) within 4 frames, 160 ms. 1 reproduces the reference's per-frame detection exactly.
 DEFAULT_DETECT_EVERY = 5
+# Low-memory jobs run the UNet's feed-forward on at most this many tokens at a time: 4 frames of the 64x64 latent
+# at 512 px (`memory.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7
+# GB; it is no longer the largest term below that, so smaller slices only add kernel launches).
+LOW_MEMORY_FEED_FORWARD_ROWS = 16_384
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -85,12 +89,18 @@ class InferenceOptions:
     scheduler: str = "ddim"
     deepcache: int = 0  # reuse deep UNet features: a full pass every N steps (3 as published); 0: off
     batch_chunks: int = 1  # 16-frame chunks per UNet call (more: faster on a large GPU, same results)
-    low_memory: bool = False  # guidance's two branches as two UNet calls: half the activation memory
+    low_memory: bool = False  # guidance's branches as two UNet calls, the feed-forward in slices: ~1/3 the activations
     face: str | int = "largest"
     crf: int = DEFAULT_CRF
     preset: str = DEFAULT_PRESET
     audio_window: str = "overlap"
     detect_every: int = DEFAULT_DETECT_EVERY  # InsightFace: face detection every N frames, landmarks in between
+
+    def sampling(self) -> SamplingOptions:
+        """How each chunk is denoised under these options."""
+        return SamplingOptions(num_steps=self.steps, guidance_scale=self.guidance, scheduler=self.scheduler,
+                               deepcache_interval=self.deepcache, split_guidance=self.low_memory,
+                               feed_forward_rows=LOW_MEMORY_FEED_FORWARD_ROWS if self.low_memory else 0)
 
 
 @dataclass
@@ -245,6 +255,9 @@ class LipSync:
         channels_last: keep the convolution weights of the UNet and the VAE in channels-last (NHWC) layout, which
             the GPU's tensor-core convolutions prefer; the same results within rounding. `bench/gpu_inference.py`
             measures whether it pays on a given GPU.
+        offload: keep the VAE and the Whisper encoder in host memory while they are idle (the UNet's denoising,
+            nearly all of a job); they visit the device to encode and decode. Part of the low-memory mode, with
+            `InferenceOptions(low_memory=True)`; the same results.
     """
 
     def __init__(
@@ -259,6 +272,7 @@ class LipSync:
         audio_cache: str | Path | bool | None = None,
         compile: bool = False,
         channels_last: bool = False,
+        offload: bool = False,
     ):
         root = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
         layout = CheckpointLayout(root)
@@ -282,8 +296,9 @@ class LipSync:
             # The first chunk (and each new chunk length) pays the compilation; worth it for long videos on a GPU.
             unet.forward = torch.compile(unet.forward)
             vae.decoder = torch.compile(vae.decoder)
-        self.pipeline = LipSyncPipeline(unet, vae, self.resolution)
-        self.audio_encoder = WhisperAudioEncoder(whisper_path, device=self.device, cache_dir=audio_cache)
+        self.pipeline = LipSyncPipeline(unet, vae, self.resolution, offload_vae=offload)
+        self.audio_encoder = WhisperAudioEncoder(whisper_path, device=self.device, cache_dir=audio_cache,
+                                                 offload=offload)
         self.checkpoints = root
         self.face_backend_name = face_backend
         # Opened once now so that missing files or a broken install are reported before any job; each job
@@ -360,9 +375,7 @@ class LipSync:
 
     def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
                  progress: Progress) -> InferenceResult:
-        sampling = SamplingOptions(num_steps=options.steps, guidance_scale=options.guidance,
-                                   scheduler=options.scheduler, deepcache_interval=options.deepcache,
-                                   split_guidance=options.low_memory)
+        sampling = options.sampling()
         total = num_video_frames(hidden.shape[0], FPS)
         job = _Job(self, video, expected_frames, hidden, total, options, sampling, progress)
         job.run(sink)

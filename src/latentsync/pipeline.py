@@ -20,6 +20,8 @@ import torch
 from einops import rearrange, repeat
 
 from .face.mask import latent_mask, mouth_mask_tensor
+from .models.attention import set_feed_forward_rows
+from .models.offload import Offloaded, residency
 from .models.unet import DeepCache, UNet3DConditionModel
 from .models.vae import VAE_DOWNSAMPLING, VAE_LATENT_CHANNELS, decode_frames, encode_frames
 
@@ -70,10 +72,15 @@ class SamplingOptions:
     # Run guidance's two branches as two UNet calls of half the batch: half the activation memory (for 8-12 GB
     # GPUs running 1.6), the same results, somewhat slower.
     split_guidance: bool = False
+    # Tokens per feed-forward pass inside the UNet (0: all at once); see `models.attention.FeedForward`.
+    # The same results; a lower activation peak.
+    feed_forward_rows: int = 0
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+        if self.feed_forward_rows < 0:
+            raise ValueError(f"feed_forward_rows must be 0 or positive, got {self.feed_forward_rows}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
 
@@ -82,14 +89,16 @@ class LipSyncPipeline:
     """UNet + VAE + mouth mask; `__call__` turns a chunk of aligned faces and audio tokens into synced faces.
 
     Built once and reused for many chunks and jobs; holds no per-job state except what `__call__` is given.
-    The device and dtype are the UNet's.
+    The device and dtype are the UNet's. `offload_vae`: the VAE's weights stay in host memory and visit the
+    device only to encode and decode (low-memory mode; the VAE is idle while the UNet works).
     """
 
-    def __init__(self, unet: UNet3DConditionModel, vae, resolution: int):
+    def __init__(self, unet: UNet3DConditionModel, vae, resolution: int, offload_vae: bool = False):
         if resolution % VAE_DOWNSAMPLING:
             raise ValueError(f"resolution {resolution} is not a multiple of {VAE_DOWNSAMPLING}")
         self.unet, self.vae, self.resolution = unet, vae, resolution
         self.device, self.dtype = unet.device, unet.dtype
+        self.vae_offload = Offloaded(vae, self.device) if offload_vae else None
         # 1 = keep, 0 = regenerate; (1, R, R) in pixels and (1, R/8, R/8) on the latent grid.
         self.pixel_mask = mouth_mask_tensor(resolution, device=self.device, dtype=torch.float32)
         self.latent_mask = latent_mask(resolution).to(device=self.device, dtype=self.dtype)
@@ -127,15 +136,18 @@ class LipSyncPipeline:
         n, f = faces.shape[:2]
         if audio_tokens.shape[:2] != (n, f):
             raise ValueError(f"{n} x {f} faces but audio tokens for {tuple(audio_tokens.shape[:2])} frames")
-        reference = rearrange(faces.to(self.device), "n f h w c -> n f c h w").float() / 127.5 - 1.0  # n f 3 R R
+        pixels = faces.to(self.device)  # n f R R 3 uint8, kept for the paste at the end
+        reference = _unit_range(pixels)  # n f 3 R R
         masked = reference * self.pixel_mask  # n f 3 R R, mouth region -> 0
         # Both through the VAE in one call per chunk (the reference encodes them separately), masked first.
-        latents = torch.stack([encode_frames(self.vae, torch.cat([masked[i], reference[i]]), generator=generator)
-                               for i in range(n)])  # n 2f 4 r r
+        with residency(self.vae_offload):
+            latents = torch.stack([encode_frames(self.vae, torch.cat([masked[i], reference[i]]),
+                                                 generator=generator) for i in range(n)])  # n 2f 4 r r
+        del reference, masked  # float frames are 8x the uint8 ones; rebuilt after denoising
         latents = rearrange(latents.to(self.dtype), "n (two f) c h w -> two n c f h w", two=2)
-        masked_latents, reference_latents = latents[0], latents[1]  # n 4 f r r each
         mask = repeat(self.latent_mask, "c h w -> n c f h w", n=n, f=f)  # n 1 f r r
-        conditions = torch.cat([mask, masked_latents, reference_latents], dim=1)  # n 9 f r r
+        conditions = torch.cat([mask, latents[0], latents[1]], dim=1)  # n 9 f r r: mask, masked, reference
+        del latents
 
         audio = rearrange(audio_tokens.to(self.device, self.dtype), "n f t d -> (n f) t d")
         guided = options.guidance_scale > 1.0
@@ -147,8 +159,13 @@ class LipSyncPipeline:
         caches = [DeepCache(options.deepcache_interval, options.deepcache_branch) if options.deepcache_interval
                   else None for _ in branches]
 
+        # A setting of the shared UNet: jobs running at once with different values only change each other's
+        # memory, never their results.
+        set_feed_forward_rows(self.unet, options.feed_forward_rows)
         scheduler = make_scheduler(options.scheduler)  # fresh per call: multistep solvers keep history
-        scheduler.set_timesteps(options.num_steps, device=self.device)
+        # Timesteps stay on the host: the schedulers index their host-side tables with them, which for device
+        # timesteps means a device-to-host sync every step.
+        scheduler.set_timesteps(options.num_steps)
         x = noise.repeat(n, 1, f, 1, 1) * scheduler.init_noise_sigma  # n 4 f r r
         for t in scheduler.timesteps:
             x_t = scheduler.scale_model_input(x, t)
@@ -163,8 +180,9 @@ class LipSyncPipeline:
                 eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)
             x = scheduler.step(eps, t, x, **self._step_kwargs(scheduler, options, generator)).prev_sample
 
-        decoded = decode_frames(self.vae, rearrange(x, "n c f h w -> (n f) c h w")).float()  # (n f) 3 R R
-        reference = rearrange(reference, "n f c h w -> (n f) c h w")
+        with residency(self.vae_offload):
+            decoded = decode_frames(self.vae, rearrange(x, "n c f h w -> (n f) c h w")).float()  # (n f) 3 R R
+        reference = rearrange(_unit_range(pixels), "n f c h w -> (n f) c h w")
         out = decoded.clamp(-1, 1) * (1 - self.pixel_mask) + reference * self.pixel_mask
         out = ((out + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         out = rearrange(out, "(n f) c h w -> n f h w c", n=n).cpu()
@@ -175,3 +193,8 @@ class LipSyncPipeline:
         if options.scheduler == "ddim":
             return {"eta": options.eta, "generator": generator}
         return {"generator": generator}
+
+
+def _unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 faces (n, f, R, R, 3) -> float32 (n, f, 3, R, R) in [-1, 1]."""
+    return rearrange(pixels, "n f h w c -> n f c h w").float() / 127.5 - 1.0

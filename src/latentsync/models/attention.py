@@ -68,17 +68,45 @@ class GEGLU(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """GEGLU feed-forward with a 4x inner width (keys `net.0.proj`, `net.2`)."""
+    """GEGLU feed-forward with a 4x inner width (keys `net.0.proj`, `net.2`).
+
+    `max_rows` (0: no limit) runs it on at most that many tokens at a time. Its inner activations are 8x the
+    block's width (2 x 4x), the largest tensors of the UNet: at 512 px a 16-frame chunk's first blocks hold 65536
+    tokens, so the projection alone is 65536 x 2560 values (0.3 GB in fp16) per guidance branch. The
+    feed-forward is per token, so slices give the same result with a fraction of that memory. A plain attribute
+    (set with `set_feed_forward_rows`), which torch.compile guards on instead of breaking the graph.
+    """
+
+    max_rows: int = 0
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
         inner = dim * mult
         self.net = nn.ModuleList([GEGLU(dim, inner), nn.Dropout(dropout), nn.Linear(inner, dim)])
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _layers(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
             x = layer(x)
         return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.max_rows
+        flat = x.reshape(-1, x.shape[-1])  # tokens c
+        if not rows or flat.shape[0] <= rows:
+            return self._layers(x)
+        out = torch.empty_like(flat)
+        for start in range(0, flat.shape[0], rows):
+            out[start : start + rows] = self._layers(flat[start : start + rows])
+        return out.view(x.shape)
+
+
+def set_feed_forward_rows(model: nn.Module, rows: int) -> None:
+    """Every `FeedForward` in `model` runs on at most `rows` tokens at a time (0: all at once)."""
+    if rows < 0:
+        raise ValueError(f"rows must be 0 or positive, got {rows}")
+    for module in model.modules():
+        if isinstance(module, FeedForward):
+            module.max_rows = rows
 
 
 class BasicTransformerBlock(nn.Module):

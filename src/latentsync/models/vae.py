@@ -24,6 +24,13 @@ VAE_SHIFT_FACTOR = 0.0
 VAE_DOWNSAMPLING = 8  # pixels per latent along each side
 VAE_LATENT_CHANNELS = 4
 VAE_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+# The architecture of `stabilityai/sd-vae-ft-mse` (its config.json), for full-size random-weight benchmarks and
+# memory estimates.
+SD_VAE_CONFIG = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=256,
+    block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+)
 
 
 def _check_folder(path: Path) -> None:

@@ -1,0 +1,168 @@
+"""The low-memory mode's parts (feed-forward slices, idle models off the device) and the device-memory estimate
+that measures them without a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from latentsync.demo import TINY_VAE_CONFIG
+from latentsync.memory import DeviceMemoryTrace, estimate_chunk_memory
+from latentsync.models.attention import FeedForward, set_feed_forward_rows
+from latentsync.models.offload import Offloaded
+from latentsync.pipeline import SamplingOptions
+
+MB = 2**20
+
+
+# ---- the trace ----------------------------------------------------------------------------------------------
+
+
+def test_trace_counts_live_storages_and_their_peak():
+    with DeviceMemoryTrace() as trace:
+        a = torch.empty(MB // 4, device="meta")  # 1 MB of float32
+        b = a * 2  # 2 MB live
+        assert trace.live == 2 * MB
+        view = b.view(16, -1).t()  # a view is not new memory
+        assert trace.live == 2 * MB
+        del a
+        assert trace.live == MB
+        c = view.contiguous()  # a copy is
+        del b, view, c
+        assert trace.live == 0
+    assert trace.peak == 2 * MB
+
+
+def test_trace_ignores_host_tensors_and_hands_back_host_copies():
+    with DeviceMemoryTrace() as trace:
+        host = torch.ones(1000)
+        device = host.to("meta")
+        back = device.cpu()
+    assert trace.peak == 4000  # only the device copy
+    assert back.device.type == "cpu" and back.shape == host.shape
+
+
+# ---- feed-forward slices --------------------------------------------------------------------------------------
+
+
+def test_feed_forward_slices_give_the_same_result():
+    torch.manual_seed(0)
+    model = nn.Sequential(FeedForward(32), FeedForward(32)).eval()
+    x = torch.randn(3, 50, 32)
+    seen = []
+    hook = model[0].net[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    with torch.no_grad():
+        whole = model(x)
+        set_feed_forward_rows(model, 64)
+        assert [m.max_rows for m in model] == [64, 64]
+        sliced = model(x)
+    hook.remove()
+    assert seen == [3, 64, 64, 22]  # all (3, 50, 32) at once, then 150 tokens in slices of 64
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError):
+        set_feed_forward_rows(model, -1)
+
+
+# ---- offloading -------------------------------------------------------------------------------------------------
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight  # a tensor shared by two modules
+        self.register_buffer("scale", torch.full((4,), 2.0))
+
+
+def test_offloaded_module_visits_the_device_only_while_used():
+    module = Tied().requires_grad_(False)
+    weight = module.a.weight.detach().clone()
+    off = Offloaded(module, "meta")  # a device that is not the host: weights really move
+    assert module.a.weight.device.type == "cpu" and module.scale.device.type == "cpu"
+    assert not off.resident
+    with off.use():
+        assert off.resident
+        assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
+        assert module.b.weight is module.a.weight  # still tied
+        with off.use():  # a second user (another job) keeps it there
+            pass
+        assert module.a.weight.device.type == "meta"
+    assert not off.resident
+    assert module.a.weight.device.type == "cpu"
+    torch.testing.assert_close(module.a.weight, weight)  # the host copy is the one kept
+
+
+def test_offloaded_vae_is_on_the_device_only_to_encode_and_decode(checkpoints):
+    from latentsync.demo import DEMO_RESOLUTION, UNET_CONFIG_NAME
+    from latentsync.models import load_unet
+    from latentsync.models.vae import load_vae
+    from latentsync.pipeline import LipSyncPipeline
+
+    unet = load_unet(checkpoints / UNET_CONFIG_NAME, checkpoints / "latentsync_unet.pt")
+    plain = LipSyncPipeline(unet, load_vae(checkpoints / "sd-vae-ft-mse"), DEMO_RESOLUTION)
+    vae = load_vae(checkpoints / "sd-vae-ft-mse")
+    offloaded = LipSyncPipeline(unet, vae, DEMO_RESOLUTION, offload_vae=True)
+    states = []
+    hooks = [unet.register_forward_pre_hook(lambda *a: states.append(("unet", offloaded.vae_offload.resident))),
+             vae.encoder.register_forward_pre_hook(lambda *a: states.append(("vae", offloaded.vae_offload.resident))),
+             vae.decoder.register_forward_pre_hook(lambda *a: states.append(("vae", offloaded.vae_offload.resident)))]
+    g = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (4, DEMO_RESOLUTION, DEMO_RESOLUTION, 3), generator=g, dtype=torch.uint8)
+    tokens = torch.randn(4, 50, 384, generator=g)
+    options = SamplingOptions(num_steps=2)
+    runs = [p(faces, tokens, p.initial_noise(3), options, generator=torch.Generator().manual_seed(1))
+            for p in (plain, offloaded)]
+    for h in hooks:
+        h.remove()
+    offloaded_states = states[len(states) // 2:]  # the hooks saw both runs (the UNet is shared)
+    assert ("unet", False) in offloaded_states and ("vae", True) in offloaded_states
+    assert ("unet", True) not in offloaded_states and ("vae", False) not in offloaded_states
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_offloaded_whisper_gives_the_same_features(tmp_path):
+    import numpy as np
+
+    from latentsync.audio import WhisperAudioEncoder
+    from whisper_util import write_whisper_checkpoint
+
+    path = write_whisper_checkpoint(tmp_path / "tiny.pt")
+    samples = np.random.default_rng(0).standard_normal(16_000 * 2).astype(np.float32) * 0.1
+    plain = WhisperAudioEncoder(path, cache_dir=False).hidden_states(samples)
+    encoder = WhisperAudioEncoder(path, cache_dir=False, offload=True)
+    assert torch.equal(encoder.hidden_states(samples), plain)
+    assert not encoder._offload.resident
+
+
+# ---- the estimate ---------------------------------------------------------------------------------------------
+
+
+def estimate(**kwargs):
+    return estimate_chunk_memory("tiny/unet", dtype=torch.float32, vae_config=TINY_VAE_CONFIG, frames=4, **kwargs)
+
+
+def test_estimate_sees_what_each_memory_setting_saves():
+    base = estimate()
+    assert base.peak > base.resident > 0
+    assert set(base.phases) >= {"unet", "vae encode", "vae decode"}
+    assert base.peak == max(base.phases.values())
+
+    split = estimate(sampling=SamplingOptions(split_guidance=True))
+    assert split.phases["unet"] < base.phases["unet"]
+    assert split.resident == base.resident
+    sliced = estimate(sampling=SamplingOptions(split_guidance=True, feed_forward_rows=64))
+    assert sliced.phases["unet"] < split.phases["unet"]
+
+    offloaded = estimate(offload=True)
+    from diffusers import AutoencoderKL
+
+    vae_bytes = sum(p.numel() * 4 for p in AutoencoderKL(**TINY_VAE_CONFIG).parameters())
+    assert base.resident - offloaded.resident >= vae_bytes  # and Whisper's weights
+    assert offloaded.phases["unet"] < base.phases["unet"]
+
+    whole_chunk = estimate(vae_slicing=False)  # the reference's whole-chunk VAE calls
+    assert whole_chunk.phases["vae decode"] > base.phases["vae decode"]
+    two = estimate(batch_chunks=2)
+    assert two.phases["unet"] > base.phases["unet"]
