@@ -108,8 +108,8 @@ def run_variant(checkpoints: Path, unet_config, video: Path, audio: Path, out: P
     if cuda:
         report["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         report["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
-        # Beside it, what latentsync.memory predicts for the same settings without a GPU (bench/vram_estimate.py).
-        from latentsync.memory import estimate_chunk_memory
+        # Beside it, what latentsync.estimate predicts for the same settings without a GPU (bench/vram_estimate.py).
+        from latentsync.estimate import estimate_chunk_memory
 
         report["estimated_peak_gb"] = estimate_chunk_memory(
             unet_config, dtype=lipsync.dtype, sampling=opts.sampling(), batch_chunks=opts.batch_chunks,

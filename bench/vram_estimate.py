@@ -1,5 +1,5 @@
 """Peak GPU memory of one denoising call, every memory setting, for 1.6 (512 px) and 1.5 (256 px), estimated on
-the CPU: the full-size UNet and VAE run on PyTorch's meta device while `latentsync.memory.DeviceMemoryTrace`
+the CPU: the full-size UNet and VAE run on PyTorch's meta device while `latentsync.estimate.DeviceMemoryTrace`
 follows every tensor (see that module for what the figure includes). fp16, 20-step settings (the peak does not
 depend on the step count), 16-frame chunks.
 
@@ -16,7 +16,7 @@ import argparse
 import json
 import time
 
-from latentsync.memory import GiB, estimate_chunk_memory
+from latentsync.estimate import GiB, estimate_chunk_memory
 
 CONFIG_FOR_VERSION = {"1.6": "stage2_512", "1.5": "stage2"}
 REFERENCE_GB = {"1.6": 18.0, "1.5": 8.0}  # the reference README's minimum VRAM

@@ -63,7 +63,7 @@ TRUNCATED_SLACK_FRAMES = 2
 # track checks miss) within 4 frames, 160 ms. 1 reproduces the reference's per-frame detection exactly.
 DEFAULT_DETECT_EVERY = 5
 # Low-memory jobs run the UNet's feed-forward on at most this many tokens at a time: 4 frames of the 64x64 latent
-# at 512 px (`memory.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7
+# at 512 px (`estimate.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7
 # GB; it is no longer the largest term below that, so smaller slices only add kernel launches).
 LOW_MEMORY_FEED_FORWARD_ROWS = 16_384
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from latentsync.demo import TINY_VAE_CONFIG
-from latentsync.memory import DeviceMemoryTrace, estimate_chunk_memory
+from latentsync.estimate import DeviceMemoryTrace, estimate_chunk_memory
 from latentsync.models.attention import FeedForward, set_feed_forward_rows
 from latentsync.models.offload import Offloaded
 from latentsync.pipeline import SamplingOptions
@@ -140,7 +140,7 @@ def test_offloaded_whisper_gives_the_same_features(tmp_path):
 
 
 def estimate(**kwargs):
-    return estimate_chunk_memory("tiny/unet", dtype=torch.float32, vae_config=TINY_VAE_CONFIG, frames=4, **kwargs)
+    return estimate_chunk_memory("tiny/unet", dtype=torch.float32, vae_config=TINY_VAE_CONFIG, frames=2, **kwargs)
 
 
 def test_estimate_sees_what_each_memory_setting_saves():
@@ -166,3 +166,20 @@ def test_estimate_sees_what_each_memory_setting_saves():
     assert whole_chunk.phases["vae decode"] > base.phases["vae decode"]
     two = estimate(batch_chunks=2)
     assert two.phases["unet"] > base.phases["unet"]
+
+
+def test_flop_count_follows_steps_guidance_and_deepcache():
+    from latentsync.estimate import count_chunk_flops
+
+    def unet(**options):
+        count = count_chunk_flops("tiny/unet", dtype=torch.float32, vae_config=TINY_VAE_CONFIG, frames=2,
+                                  sampling=SamplingOptions(**options))
+        assert count.total == sum(count.phases.values()) and count.phases["vae encode"] > 0
+        return count.phases["unet"]
+
+    guided = unet(num_steps=2)
+    assert unet(num_steps=1) * 2 == guided  # each step is one UNet call of the same size
+    assert unet(num_steps=2, guidance_scale=1.0) * 2 == guided  # no unconditional half of the batch
+    assert unet(num_steps=2, split_guidance=True) == guided  # the same work in two calls
+    cached = unet(num_steps=2, deepcache_interval=2)  # a full pass, then a shallow one
+    assert guided / 2 < cached < guided * 0.75

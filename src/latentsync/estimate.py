@@ -1,7 +1,9 @@
-"""Device memory of the lip-sync pipeline, estimated without the device.
+"""What a chunk of lip sync costs on a GPU (memory, arithmetic), measured without one.
 
 The pipeline runs on PyTorch's "meta" device: every operation computes its output's shape and dtype but no
-values, in milliseconds, so a full-size 1.6 chunk costs seconds on any machine. `DeviceMemoryTrace` watches
+values, in milliseconds, so a full-size 1.6 chunk costs seconds on any machine.
+
+Memory. `DeviceMemoryTrace` watches
 every tensor storage created on that device and when it is freed, so it sees the live bytes at every moment of
 the chunk: the weights, the inputs, each activation while something still holds it. That is the figure
 `torch.cuda.max_memory_allocated` reports for the same code on a GPU, except for
@@ -14,11 +16,17 @@ the chunk: the weights, the inputs, each activation while something still holds 
 `estimate_chunk_memory` builds the published UNet and VAE architectures there and denoises one chunk (or
 `batch_chunks` chunks) as `LipSyncPipeline` does; `bench/vram_estimate.py` prints the figures of every mode,
 and `bench/gpu_inference.py` measures the same configurations when a GPU is at hand.
+
+Arithmetic. `count_chunk_flops` runs the same chunk under `torch.utils.flop_counter.FlopCounterMode`, which
+counts the floating-point operations of matrix products, convolutions and attention (the elementwise work,
+a few percent, is not counted). It measures what each speed-up removes (DeepCache's shallow passes, fewer steps,
+no guidance) independently of any device, and the compute floor on a given GPU (`bench/flops.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -31,13 +39,29 @@ from torch.utils._pytree import tree_flatten
 GiB = 2**30
 
 
-class DeviceMemoryTrace(TorchDispatchMode):
+class HostCopies(TorchDispatchMode):
+    """Copies from the meta device to the CPU give empty CPU tensors (the pipeline hands its results back to the
+    host), so code that ends that way runs to its end on the meta device."""
+
+    device_type = "meta"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func is torch.ops.aten._to_copy.default and args[0].device.type == self.device_type
+                and kwargs.get("device") == torch.device("cpu")):
+            return torch.empty(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+        return self._run(func, args, kwargs)
+
+    def _run(self, func, args, kwargs):
+        return func(*args, **kwargs)
+
+
+class DeviceMemoryTrace(HostCopies):
     """Live and peak bytes of the tensor storages on `device` ("meta") created while the mode is active.
 
     Storages that existed before (weights built outside the trace) are not counted; pass them to `exclude` to
     make that explicit. `phase` names what is running (set it, or use `tag_module`); `phase_peaks` keeps the
-    highest live figure seen in each phase. Copies from the device to the CPU give empty CPU tensors (the
-    pipeline's results), so code that returns its output to the host runs to its end."""
+    highest live figure seen in each phase. Copies to the host are empty (`HostCopies`)."""
 
     def __init__(self, device: str = "meta"):
         super().__init__()
@@ -84,11 +108,7 @@ class DeviceMemoryTrace(TorchDispatchMode):
     def _free(self, key: int) -> None:
         self.live -= self._sizes.pop(key, 0)
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if (func is torch.ops.aten._to_copy.default and args[0].device.type == self.device_type
-                and kwargs.get("device") == torch.device("cpu")):
-            return torch.empty(args[0].shape, dtype=kwargs.get("dtype") or args[0].dtype)
+    def _run(self, func, args, kwargs):
         out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
@@ -130,6 +150,32 @@ def _module_bytes(module: torch.nn.Module) -> int:
     return sum(t.untyped_storage().nbytes() for t in [*module.parameters(), *module.buffers()])
 
 
+def _meta_models(unet_config, dtype, frames, sampling, vae_config, whisper_dims, host_vae=False):
+    """The UNet, VAE and Whisper encoder of the given architectures on the meta device (the VAE, with
+    `host_vae`, real in host memory: an offloaded VAE is copied to the device and needs a source)."""
+    from diffusers import AutoencoderKL
+    from whisper.model import AudioEncoder
+
+    from .config import load_unet_config
+    from .demo import TINY_WHISPER_DIMS
+    from .models.unet import UNet3DConditionModel
+    from .models.vae import SD_VAE_CONFIG
+    from .pipeline import CHUNK_FRAMES, SamplingOptions
+
+    config = load_unet_config(unet_config)
+    dims = whisper_dims or TINY_WHISPER_DIMS
+    with torch.device("meta"):
+        unet = UNet3DConditionModel(config.model).to(dtype).eval()
+        whisper = AudioEncoder(dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"],
+                               dims["n_audio_layer"])  # float32 weights, as WhisperAudioEncoder keeps them
+    with torch.device("cpu" if host_vae else "meta"):
+        vae = AutoencoderKL(**(vae_config or SD_VAE_CONFIG))
+    # nn.Module's own cast: diffusers' override warns about modules to keep in float32, of which the VAE has none.
+    vae = torch.nn.Module.to(vae, dtype).eval().requires_grad_(False)
+    return (unet, vae, whisper, config.data.resolution, frames or CHUNK_FRAMES, sampling or SamplingOptions(),
+            dims["n_audio_state"])
+
+
 def estimate_chunk_memory(
     unet_config,
     *,
@@ -149,34 +195,13 @@ def estimate_chunk_memory(
     placement, the VAE and Whisper in host memory while idle. `vae_slicing=False`: the whole chunk through
     the VAE at once, as the reference does. The Whisper encoder's weights count as resident unless offloaded
     (its activations, for one 30 s window before the first chunk, are far below the UNet's)."""
-    from diffusers import AutoencoderKL
-    from whisper.model import AudioEncoder
+    from .pipeline import LipSyncPipeline
 
-    from .config import load_unet_config
-    from .demo import TINY_WHISPER_DIMS
-    from .models.unet import UNet3DConditionModel
-    from .models.vae import SD_VAE_CONFIG
-    from .pipeline import CHUNK_FRAMES, LipSyncPipeline, SamplingOptions
-
-    config = load_unet_config(unet_config)
-    resolution = config.data.resolution
-    frames = frames or CHUNK_FRAMES
-    sampling = sampling or SamplingOptions()
-    sampling = SamplingOptions(**{**sampling.__dict__, "num_steps": min(sampling.num_steps, 2)})
-    dims = whisper_dims or TINY_WHISPER_DIMS
-    with torch.device("meta"):
-        unet = UNet3DConditionModel(config.model).to(dtype).eval()
-        whisper = AudioEncoder(dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"],
-                               dims["n_audio_layer"])  # float32 weights, as WhisperAudioEncoder keeps them
-    whisper_bytes = 0 if offload else _module_bytes(whisper)
-    # An offloaded VAE lives in host memory (real, randomly initialised: the copy to the device needs a source).
-    with torch.device("cpu" if offload else "meta"):
-        vae = AutoencoderKL(**(vae_config or SD_VAE_CONFIG))
-    # nn.Module's own cast: diffusers' override warns about modules to keep in float32, of which the VAE has none.
-    vae = torch.nn.Module.to(vae, dtype).eval().requires_grad_(False)
+    unet, vae, whisper, resolution, frames, sampling, tokens_dim = _meta_models(
+        unet_config, dtype, frames, sampling, vae_config, whisper_dims, host_vae=offload)
     if vae_slicing:
         vae.enable_slicing()
-
+    whisper_bytes = 0 if offload else _module_bytes(whisper)
     unseen = _module_bytes(unet) + (0 if offload else _module_bytes(vae)) + whisper_bytes  # built outside
     trace = DeviceMemoryTrace()
     with torch.no_grad(), trace, fused_attention_memory():
@@ -191,9 +216,71 @@ def estimate_chunk_memory(
                  *trace.tag_module(vae.decoder, "vae decode")]
         shape = (batch_chunks, frames) if batch_chunks > 1 else (frames,)
         faces = torch.zeros(*shape, resolution, resolution, 3, dtype=torch.uint8)
-        tokens = torch.zeros(*shape, 50, dims["n_audio_state"])
-        pipeline(faces, tokens, noise, sampling, generator=torch.Generator().manual_seed(0))
+        tokens = torch.zeros(*shape, 50, tokens_dim)
+        # The peak does not depend on the number of steps: two show every buffer the loop keeps.
+        few = dataclasses.replace(sampling, num_steps=min(sampling.num_steps, 2))
+        pipeline(faces, tokens, noise, few, generator=torch.Generator().manual_seed(0))
         for h in hooks:
             h.remove()
     return MemoryEstimate(resident=resident, peak=trace.peak + unseen,
                           phases={k: v + unseen for k, v in trace.phase_peaks.items()})
+
+
+@dataclass
+class FlopCount:
+    """Floating-point operations of one call of `frames` faces, per phase (unet, vae encode, vae decode)."""
+
+    frames: int
+    phases: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.phases.values())
+
+    def per_video_second(self, fps: float = 25.0) -> float:
+        return self.total * fps / self.frames
+
+
+def count_chunk_flops(
+    unet_config,
+    *,
+    dtype: torch.dtype = torch.float16,
+    sampling=None,
+    batch_chunks: int = 1,
+    frames: int | None = None,
+    vae_config: dict | None = None,
+) -> FlopCount:
+    """The arithmetic of denoising `batch_chunks` chunks of `frames` faces with `sampling` (all its steps), as
+    `LipSyncPipeline` does, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .pipeline import LipSyncPipeline
+
+    unet, vae, _, resolution, frames, sampling, tokens_dim = _meta_models(
+        unet_config, dtype, frames, sampling, vae_config, None)
+    vae.enable_slicing()
+    counter = FlopCounterMode(display=False)
+    phases: dict[str, int] = {}
+    started: list[int] = []
+
+    def enter(*_):
+        started.append(counter.get_total_flops())
+
+    def leave(name):
+        def hook(*_):
+            phases[name] = phases.get(name, 0) + counter.get_total_flops() - started.pop()
+        return hook
+
+    hooks = []
+    for module, name in ((unet, "unet"), (vae.encoder, "vae encode"), (vae.decoder, "vae decode")):
+        hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave(name))]
+    pipeline = LipSyncPipeline(unet, vae, resolution)
+    shape = (batch_chunks, frames) if batch_chunks > 1 else (frames,)
+    with torch.no_grad(), counter, HostCopies():
+        pipeline(torch.zeros(*shape, resolution, resolution, 3, dtype=torch.uint8),
+                 torch.zeros(*shape, 50, tokens_dim), pipeline.initial_noise(0), sampling,
+                 generator=torch.Generator().manual_seed(0))
+    for h in hooks:
+        h.remove()
+    phases["other"] = counter.get_total_flops() - sum(phases.values())
+    return FlopCount(frames=batch_chunks * frames, phases=phases)
