@@ -25,10 +25,13 @@ from latentsync import cli
 from latentsync.errors import CheckpointError, ConfigError, InputError
 from latentsync.face import Face
 from latentsync.face.detect import (
+    SCENE_CUT_THRESHOLD,
     FaceTracker,
     InsightFaceBackend,
     MediapipeBackend,
     alignment_points,
+    content_change,
+    frame_signature,
     iou,
     is_valid_face,
     landmark_input_normalisation,
@@ -537,6 +540,23 @@ def test_tracker_track_loss_checks(move, lost):
     tracker.track(frame)
     tracker.track(frame)
     assert backend.detections == (2 if lost else 1)
+
+
+def test_tracker_detects_again_at_a_scene_cut():
+    xs, ys = np.meshgrid(np.linspace(300, 350, 14), np.linspace(300, 380, 8))
+    base = np.stack([xs.ravel(), ys.ravel()], axis=1)[:106]
+    backend = _LandmarkScript([299, 299, 351, 381], base, [lambda p: p] * 8)  # the landmarks never move
+    rng = np.random.default_rng(0)
+    shot_a = rng.integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    shot_b = np.full((600, 800, 3), (30, 160, 60), np.uint8)
+    grain = [np.clip(shot_a.astype(int) + rng.integers(-8, 9, shot_a.shape), 0, 255).astype(np.uint8)
+             for _ in range(3)]  # the same shot with sensor noise: no cut
+    tracker = FaceTracker(backend, detect_every=10)
+    for frame in [shot_a, *grain, shot_b, shot_b, shot_a]:
+        tracker.track(frame)
+    assert backend.detections == 3  # the first frame, and each of the two cuts
+    assert content_change(frame_signature(shot_a), frame_signature(grain[0])) < 2
+    assert content_change(frame_signature(shot_a), frame_signature(shot_b)) > SCENE_CUT_THRESHOLD
 
 
 def test_tracker_loses_a_face_that_shrinks_below_the_size_filter():

@@ -59,8 +59,8 @@ TRUNCATED_SLACK_FRAMES = 2
 # about 40x fewer operations, so detection is nearly all of the face stage's cost, and with pip's CPU-only
 # onnxruntime that stage runs on the CPU. Every 5th frame cuts it about 5x. The box the landmarks see is the
 # last detection's box moved with the face (2d106det takes "loose cropped" detection boxes), anchored to that
-# detection so it does not drift; a lost track is detected again at once, a new face (or a scene cut the
-# track checks miss) within 4 frames, 160 ms. 1 reproduces the reference's per-frame detection exactly.
+# detection so it does not drift; a lost track or a scene cut is detected again at once, a new face entering the
+# shot within 4 frames, 160 ms. 1 reproduces the reference's per-frame detection exactly.
 DEFAULT_DETECT_EVERY = 5
 # Low-memory jobs run the UNet's feed-forward on at most this many tokens at a time: 4 frames of the 64x64 latent
 # at 512 px (`estimate.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7

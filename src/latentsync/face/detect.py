@@ -111,6 +111,12 @@ TRACK_MIN_EXTENT_IOU = 0.5
 TRACK_MAX_OUTSIDE = 0.25
 # - The face, with the predicted box and the last detection's score, fails `is_valid_face` (it shrank below
 #   the reference's size filter), or a landmark is not finite.
+# - The frame is a scene cut: the mean absolute change of hue, saturation and value (0-255 scales, OpenCV's hue
+#   0-179), averaged over the three, exceeds PySceneDetect's default ContentDetector threshold. Measured on a
+#   thumbnail of the frame (a fraction of a millisecond at 1080p); a new shot may show another face, or the same
+#   one elsewhere, where the landmark model alone could lock onto the wrong thing.
+SCENE_CUT_THRESHOLD = 27.0
+SCENE_THUMBNAIL_WIDTH = 64
 
 Rule = Union[str, int]
 PathLike = Union[str, Path]
@@ -699,6 +705,19 @@ def predict_box(box: np.ndarray, box_landmarks: np.ndarray, landmarks: np.ndarra
     return ((corners - ref_c) * scale + cur_c).reshape(4).astype(np.float32)
 
 
+def frame_signature(frame: np.ndarray) -> np.ndarray:
+    """An RGB frame's HSV thumbnail, float32 (h, SCENE_THUMBNAIL_WIDTH, 3), for `content_change`."""
+    h, w = frame.shape[:2]
+    size = (SCENE_THUMBNAIL_WIDTH, max(1, round(h * SCENE_THUMBNAIL_WIDTH / w)))
+    thumbnail = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    return cv2.cvtColor(thumbnail, cv2.COLOR_RGB2HSV).astype(np.float32)
+
+
+def content_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute change of hue, saturation and value between two signatures, averaged over the three."""
+    return float(np.abs(a - b).mean())
+
+
 class FaceTracker:
     """Follows one face through a video.
 
@@ -713,7 +732,8 @@ class FaceTracker:
     frame, every N-th frame after a detection, and whenever the track is lost; on the frames between, only
     the landmark model runs, in the box of the last detection moved and scaled as the landmarks moved since
     (`predict_box`), and the face keeps that detection's score. Landmarks that fail the checks listed at
-    `TRACK_MIN_EXTENT_IOU` lose the track: the same frame then goes through the full detection. Backends without
+    `TRACK_MIN_EXTENT_IOU` lose the track, and so does a scene cut (`SCENE_CUT_THRESHOLD`): the same frame then
+    goes through the full detection. Backends without
     `refine` (mediapipe, whose video mode already tracks the face between its own detections) get `detect`
     on every frame whatever `detect_every` is.
     """
@@ -729,6 +749,7 @@ class FaceTracker:
         refine = getattr(backend, "refine", None)
         self._refine = refine if detect_every > 1 and callable(refine) else None
         self.box: np.ndarray | None = None  # the last followed box
+        self._signature: np.ndarray | None = None  # the previous frame's (`frame_signature`), to see cuts
         self._forget_track()
 
     def _forget_track(self) -> None:
@@ -738,7 +759,14 @@ class FaceTracker:
 
     def track(self, frame: np.ndarray) -> Face | None:
         """The followed face in `frame`, or None when it has no valid face."""
-        if self._refine is not None and self._detected is not None and self._since_detection < self.detect_every:
+        cut = False
+        if self._refine is not None:
+            signature = frame_signature(frame)
+            cut = (self._signature is not None and signature.shape == self._signature.shape
+                   and content_change(signature, self._signature) > SCENE_CUT_THRESHOLD)
+            self._signature = signature
+        if (self._refine is not None and self._detected is not None and self._since_detection < self.detect_every
+                and not cut):
             face = self._follow(frame)
             if face is not None:
                 self._since_detection += 1
@@ -796,8 +824,9 @@ class FaceTracker:
         return bool(extent[0] < -margin or extent[1] < -margin or extent[2] > w + margin or extent[3] > h + margin)
 
     def reset(self) -> None:
-        """Forget the followed face, e.g. at a scene cut or before another video."""
+        """Forget the followed face, e.g. before another video."""
         self.box = None
+        self._signature = None
         self._forget_track()
         reset = getattr(self.backend, "reset", None)
         if callable(reset):
