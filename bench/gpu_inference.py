@@ -109,11 +109,14 @@ def run_variant(checkpoints: Path, unet_config, video: Path, audio: Path, out: P
         report["peak_gb"] = torch.cuda.max_memory_allocated() / 2**30
         report["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 2**30
         # Beside it, what latentsync.estimate predicts for the same settings without a GPU (bench/vram_estimate.py).
+        from diffusers import AutoencoderKL
+
         from latentsync.estimate import estimate_chunk_memory
 
         report["estimated_peak_gb"] = estimate_chunk_memory(
             unet_config, dtype=lipsync.dtype, sampling=opts.sampling(), batch_chunks=opts.batch_chunks,
-            offload=loader.get("offload", False)).peak / 2**30
+            offload=loader.get("offload", False),
+            vae_config=AutoencoderKL.load_config(checkpoints / "sd-vae-ft-mse")).peak / 2**30
     del lipsync
     return report
 

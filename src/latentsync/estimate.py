@@ -169,7 +169,7 @@ def _meta_models(unet_config, dtype, frames, sampling, vae_config, whisper_dims,
         whisper = AudioEncoder(dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"],
                                dims["n_audio_layer"])  # float32 weights, as WhisperAudioEncoder keeps them
     with torch.device("cpu" if host_vae else "meta"):
-        vae = AutoencoderKL(**(vae_config or SD_VAE_CONFIG))
+        vae = AutoencoderKL.from_config(vae_config or SD_VAE_CONFIG)  # a config.json's dict will do too
     # nn.Module's own cast: diffusers' override warns about modules to keep in float32, of which the VAE has none.
     vae = torch.nn.Module.to(vae, dtype).eval().requires_grad_(False)
     return (unet, vae, whisper, config.data.resolution, frames or CHUNK_FRAMES, sampling or SamplingOptions(),
