@@ -3,10 +3,9 @@
 The pipeline runs on PyTorch's "meta" device: every operation computes its output's shape and dtype but no
 values, in milliseconds, so a full-size 1.6 chunk costs seconds on any machine.
 
-Memory. `DeviceMemoryTrace` watches
-every tensor storage created on that device and when it is freed, so it sees the live bytes at every moment of
-the chunk: the weights, the inputs, each activation while something still holds it. That is the figure
-`torch.cuda.max_memory_allocated` reports for the same code on a GPU, except for
+Memory. `DeviceMemoryTrace` watches every tensor storage created on that device and when it is freed, so it
+sees the live bytes at every moment of the chunk: the weights, the inputs, each activation while something still
+holds it. That is the figure `torch.cuda.max_memory_allocated` reports for the same code on a GPU, except for
 
 - attention: fused kernels (flash / memory-efficient, used on CUDA in fp16 and bf16) never hold the score
   matrix, so `F.scaled_dot_product_attention` is modelled by its output alone, as those kernels allocate;
