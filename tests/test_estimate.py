@@ -86,12 +86,15 @@ def test_offloaded_module_visits_the_device_only_while_used():
         assert off.resident
         assert {t.device.type for t in [*module.parameters(), *module.buffers()]} == {"meta"}
         assert module.b.weight is module.a.weight  # still tied
+        visiting = module.a.weight
         with off.use():  # a second user (another job) keeps it there
             pass
         assert module.a.weight.device.type == "meta"
     assert not off.resident
     assert module.a.weight.device.type == "cpu"
     torch.testing.assert_close(module.a.weight, weight)  # the host copy is the one kept
+    with off.use():  # the same device tensors on every visit (compiled code guards on them), whole again
+        assert module.a.weight is visiting and module.a.weight.shape == (4, 4)
 
 
 def test_offloaded_vae_is_on_the_device_only_to_encode_and_decode(checkpoints):

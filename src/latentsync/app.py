@@ -232,7 +232,7 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
                     steps = gr.Slider(1, 50, value=settings.steps, step=1, label="Steps",
                                       info="more: finer detail, slower", elem_id="steps")
                     guidance = gr.Slider(1.0, 3.0, value=DEFAULT_GUIDANCE, step=0.1, label="Guidance",
-                                         info="1 turns guidance off and halves the work", elem_id="guidance")
+                                         info="1 turns guidance off and halves the UNet's work", elem_id="guidance")
                 with gr.Row():
                     face = gr.Dropdown(list(FACES), value="largest", label="Face", elem_id="face",
                                        info="which face to sync when there are several")

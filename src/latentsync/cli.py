@@ -56,7 +56,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="denoising steps (default: %(default)s)")
     g.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                   help="classifier-free guidance scale; 1 disables guidance and halves the work "
+                   help="classifier-free guidance scale; 1 disables guidance and halves the UNet's work "
                         "(default: %(default)s)")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="noise seed (default: %(default)s)")
     g.add_argument("--scheduler", choices=["ddim", "dpm++"], default="ddim",
@@ -68,7 +68,7 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="denoise N 16-frame chunks per UNet call: faster on a large GPU, same results, more "
                         "memory (default: 1)")
     g.add_argument("--low-memory", action="store_true",
-                   help="for 6-12 GB GPUs: guidance's two branches one after the other, the UNet's feed-forward "
+                   help="for small GPUs: guidance's two branches one after the other, the UNet's feed-forward "
                         "in slices, the VAE and Whisper in host memory while idle; same results, somewhat "
                         "slower (1.6: about 3 GB of tensors at the peak instead of 4.7, `bench/vram_estimate.py`)")
     g = p.add_argument_group("video")
@@ -244,7 +244,7 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
                    help="auto: fp16 on CUDA, fp32 elsewhere (default: auto)")
     g.add_argument("--compile", action="store_true", help="torch.compile the UNet and the VAE decoder")
     g.add_argument("--low-memory", action="store_true",
-                   help="every job in the low-memory mode (for 6-12 GB GPUs; see `latentsync infer --help`)")
+                   help="every job in the low-memory mode (for small GPUs; see `latentsync infer --help`)")
     g.add_argument("--face-backend", choices=["auto", "insightface", "mediapipe"], default="auto",
                    help="auto: InsightFace when its ONNX files are in the checkpoints folder, else mediapipe")
     p.add_argument("--quiet", action="store_true", help="no start-up messages")

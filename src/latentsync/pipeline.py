@@ -69,7 +69,7 @@ class SamplingOptions:
     eta: float = 0.0
     deepcache_interval: int = 0  # 0: off; 3 is the published pipeline's setting (spec 2.3)
     deepcache_branch: int = 0
-    # Run guidance's two branches as two UNet calls of half the batch: half the activation memory (for 8-12 GB
+    # Run guidance's two branches as two UNet calls of half the batch: half the activation memory (for small
     # GPUs running 1.6), the same results, somewhat slower.
     split_guidance: bool = False
     # Tokens per feed-forward pass inside the UNet (0: all at once); see `models.attention.FeedForward`.

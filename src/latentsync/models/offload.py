@@ -29,6 +29,7 @@ class Offloaded:
         pin = self.device.type == "cuda" and torch.cuda.is_available()
         # (owner, slot, name, host tensor): the module's parameters and buffers, moved to pinned host memory.
         self._slots: list[tuple[nn.Module, str, str, torch.Tensor]] = []
+        self._device: dict[int, torch.Tensor] = {}  # id(host tensor) -> its device tensor, kept between visits
         hosts: dict[int, torch.Tensor] = {}  # a tensor shared by two modules (tied weights) stays shared
         for owner in module.modules():
             for slot in ("_parameters", "_buffers"):
@@ -62,17 +63,24 @@ class Offloaded:
                     self._send_out()
 
     def _bring_in(self) -> None:
-        copies: dict[int, torch.Tensor] = {}  # a tensor shared by two modules is copied once
+        # The device tensors are the same objects on every visit (only their storage comes and goes), so code
+        # compiled for the module (torch.compile guards on its parameters) stays valid from one visit to the next.
         for owner, slot, name, host in self._slots:
-            if id(host) not in copies:
-                t = host.detach().to(self.device, non_blocking=True)
-                copies[id(host)] = nn.Parameter(t, requires_grad=False) if slot == "_parameters" else t
-            getattr(owner, slot)[name] = copies[id(host)]
+            device = self._device.get(id(host))
+            if device is None:  # first visit: a tensor shared by two modules is copied once
+                device = host.detach().to(self.device, non_blocking=True)
+                device = nn.Parameter(device, requires_grad=False) if slot == "_parameters" else device
+                self._device[id(host)] = device
+            elif device.numel() == 0 and host.numel() > 0:
+                device.data = host.detach().to(self.device, non_blocking=True)
+            getattr(owner, slot)[name] = device
 
     def _send_out(self) -> None:
-        # The device copies are freed once no kernel uses them (the caching allocator orders that on its stream).
+        # The device storage is freed once no kernel uses it (the caching allocator orders that on its stream).
         for owner, slot, name, host in self._slots:
             getattr(owner, slot)[name] = host
+        for device in self._device.values():
+            device.data = torch.empty(0, device=device.device, dtype=device.dtype)
 
 
 def residency(offloaded: Offloaded | None):
