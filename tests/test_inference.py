@@ -192,6 +192,42 @@ def test_low_memory_mode_gives_the_same_video(checkpoints, clip, speech, process
     assert diff.max() <= 3 and diff.mean() < 0.01  # other batch shapes' float rounding, to uint8
 
 
+def test_running_out_of_memory_is_one_line_with_what_to_change(lipsync, clip, speech, tmp_path, monkeypatch):
+    from latentsync.errors import ResourceError
+
+    def exhausted(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(lipsync, "pipeline", _Raising(lipsync.pipeline, exhausted))
+    out = tmp_path / "out.mp4"
+    with pytest.raises(ResourceError) as caught:
+        lipsync.run(clip, speech, out, dataclasses.replace(FAST, batch_chunks=2), progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and "ran out of host memory" in message
+    assert "--batch-chunks 1 (now 2)" in message and "--low-memory" in message
+    assert not out.exists() and not list(tmp_path.iterdir())  # nothing half-written is left
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("some other failure")
+
+    monkeypatch.setattr(lipsync, "pipeline", _Raising(lipsync.pipeline.inner, broken))
+    with pytest.raises(RuntimeError, match="some other failure"):  # a bug keeps its traceback
+        lipsync.process(clip, speech, lambda frame: None, FAST)
+
+
+class _Raising:
+    """A pipeline whose calls fail with `fail`; everything else is the wrapped pipeline's."""
+
+    def __init__(self, inner, fail):
+        self.inner, self.fail = inner, fail
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.fail(*args, **kwargs)
+
+
 def test_audio_shorter_than_the_video_cuts_it(lipsync, clip, work):
     short = write_wav(work / "short.wav", synth_speech(1.0), 16_000)
     frames: list[np.ndarray] = []

@@ -22,5 +22,9 @@ class InputError(LatentSyncError):
     """A video or audio input cannot be used."""
 
 
+class ResourceError(LatentSyncError):
+    """The machine ran out of something a job needs (GPU or host memory)."""
+
+
 class DownloadError(LatentSyncError):
     """Published weights could not be fetched."""

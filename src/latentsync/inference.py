@@ -14,6 +14,7 @@ reference does. Frames without a face are passed through untouched; the job fail
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -28,7 +29,7 @@ import torch
 
 from .audio import WhisperAudioEncoder, frame_window, num_video_frames
 from .config import load_unet_config
-from .errors import InputError
+from .errors import InputError, ResourceError
 from .face.align import FaceAligner, restore_frames, warp_face
 from .face.detect import FaceTracker, check_rule, load_face_backend
 from .media import DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, probe_audio, probe_video
@@ -123,6 +124,23 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype not in (None, "auto"):
         raise ValueError(f"unknown dtype {dtype!r}; expected auto, fp16, bf16 or fp32")
     return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def out_of_memory_message(device: torch.device, resolution: int, options: InferenceOptions) -> str:
+    """One line for a job that ran out of memory on `device`: where, and what needs less."""
+    where = "host memory" if device.type == "cpu" else f"memory on {device}"
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        where += f" ({total:.0f} GB)"
+    hints = []
+    if options.batch_chunks > 1:
+        hints.append(f"--batch-chunks 1 (now {options.batch_chunks})")
+    if not options.low_memory:
+        hints.append("--low-memory")
+    hints.append("fewer jobs on the device at once")
+    if resolution > 256:
+        hints.append("LatentSync 1.5 (--version 1.5, 256 px)")
+    return f"the job ran out of {where}; try {', '.join(hints)}"
 
 
 def check_inputs(video: str | Path, audio: str | Path, output: str | Path | None = None) -> None:
@@ -339,9 +357,10 @@ class LipSync:
         info = probe_video(video)  # InputError: missing, unreadable, no video stream
         hidden, seconds = self._audio_features(audio, options, progress)
         total = num_video_frames(hidden.shape[0], FPS)
-        with VideoWriter(output, info.width, info.height, fps=FPS, crf=options.crf, preset=options.preset,
-                         audio=audio, audio_duration_s=total / FPS) as writer:
-            result = self._process(video, info.frames_at(FPS), hidden, writer.write, options, progress)
+        with self._memory_errors(options):  # outside the writer: it discards its file first
+            with VideoWriter(output, info.width, info.height, fps=FPS, crf=options.crf, preset=options.preset,
+                             audio=audio, audio_duration_s=total / FPS) as writer:
+                result = self._process(video, info.frames_at(FPS), hidden, writer.write, options, progress)
         result.output = output
         result.seconds = {"audio": seconds, **result.seconds}
         return result
@@ -359,9 +378,24 @@ class LipSync:
         options = options or InferenceOptions()
         info = probe_video(Path(video))
         hidden, seconds = self._audio_features(Path(audio), options, progress)
-        result = self._process(Path(video), info.frames_at(FPS), hidden, sink, options, progress)
+        with self._memory_errors(options):
+            result = self._process(Path(video), info.frames_at(FPS), hidden, sink, options, progress)
         result.seconds = {"audio": seconds, **result.seconds}
         return result
+
+    @contextlib.contextmanager
+    def _memory_errors(self, options: InferenceOptions) -> Iterator[None]:
+        """An allocation failure becomes a ResourceError saying what to change; the GPU's cached blocks are
+        released, so the next job (the web app's) starts from a clean device."""
+        try:
+            yield
+        except RuntimeError as e:  # torch.OutOfMemoryError (CUDA), and MPS/CPU allocators' RuntimeErrors
+            if not isinstance(e, torch.OutOfMemoryError) and "out of memory" not in str(e).lower() \
+                    and "can't allocate memory" not in str(e).lower():
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise ResourceError(out_of_memory_message(self.device, self.resolution, options)) from None
 
     def _audio_features(self, audio: Path, options: InferenceOptions, progress: Progress) -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
