@@ -202,6 +202,16 @@ def test_cli_reports_missing_weights_in_one_line(tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "latentsync_unet.pt" in err and err.startswith("latentsync app: error:")
 
 
+def test_cli_low_memory_reaches_the_app_settings(monkeypatch):
+    import latentsync.app as app_module
+
+    seen = {}
+    monkeypatch.setattr(app_module, "serve", lambda settings, **kwargs: seen.update(settings=settings))
+    assert cli.main(["app", "--demo", "--low-memory"]) == 0
+    assert seen["settings"].low_memory is True
+    assert cli.main(["app", "--demo"]) == 0 and seen["settings"].low_memory is False
+
+
 def test_cli_demo_server_serves_the_page_and_cleans_up_on_sigterm(tmp_path):
     """`latentsync app --demo` as a user runs it: the page answers on 127.0.0.1 only, and a SIGTERM (what
     `kill` and service managers send) stops it with everything it wrote removed."""
