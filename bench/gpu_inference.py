@@ -102,7 +102,7 @@ def run_variant(checkpoints: Path, unet_config, video: Path, audio: Path, out: P
         walls.append(time.perf_counter() - t0)
     seconds_of_video = result.frames / FPS
     report = {"load_s": load, "wall_s": walls[-1], "s_per_s": walls[-1] / seconds_of_video,
-              "frames": result.frames, "stages_s": result.seconds}
+              "frames": result.frames, "frames_without_face": result.frames_without_face, "stages_s": result.seconds}
     if runs > 1:
         report["first_run_s_per_s"] = walls[0] / seconds_of_video
     if cuda:
@@ -121,6 +121,29 @@ def run_variant(checkpoints: Path, unet_config, video: Path, audio: Path, out: P
     return report
 
 
+def write_synthetic_face_models(checkpoints: Path) -> None:
+    """InsightFace-shaped ONNX models with constant outputs (tests/face_util.py) at buffalo_l's paths: one
+    fixed face box and landmark set. For a machine without mediapipe (the GPU image), where the published ONNX
+    files cannot be downloaded either. The detector then costs next to nothing, so the faces stage is
+    understated; the networks, alignment, paste-back and encoding are measured as they are."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from face_util import anchor_index, scrfd_outputs, write_landmark_constant, write_scrfd_constant
+
+    from latentsync.weights import CheckpointLayout
+
+    layout = CheckpointLayout(checkpoints)
+    outs = scrfd_outputs()
+    i = anchor_index(32, 8, 2, 0)  # centre (256, 64) on the 512 px detector input: the head of the 1080p clip
+    outs["score_32"][i] = 0.9
+    outs["bbox_32"][i] = [2.5, 1.5, 2.5, 4.5]  # (176, 16, 336, 208), x3.75 in the frame: 600 x 720 px
+    angles = np.linspace(0, 2 * np.pi, 106, endpoint=False)
+    landmarks = np.stack([0.6 * np.cos(angles), 0.75 * np.sin(angles)], axis=1)  # an oval filling the crop
+    write_scrfd_constant(layout.insightface_det, outs)
+    write_landmark_constant(layout.insightface_landmarks, landmarks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--versions", nargs="+", default=["1.6", "1.5"], choices=list(CONFIG_FOR_VERSION))
@@ -130,8 +153,13 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny 128 px models (a CPU smoke run)")
     parser.add_argument("--work", type=Path, default=None, help="folder for checkpoints, clips and outputs")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here, after each variant")
+    parser.add_argument("--faces", choices=["auto", "synthetic"], default="auto",
+                        help="synthetic: constant InsightFace-shaped ONNX models (for a machine without mediapipe)")
+    parser.add_argument("--budget-s", type=float, default=0,
+                        help="start no further variant once this many seconds have passed (0: no limit)")
     args = parser.parse_args()
+    started = time.perf_counter()
     from latentsync import stderr_filter
     from latentsync.evaluation.frames import compare_videos
 
@@ -164,7 +192,12 @@ def main() -> None:
             unet_config = CONFIG_FOR_VERSION[version]
         variants = args.variants if version != "1.5" else [v for v in args.variants if v in ("exact", "deepcache")]
         results = figures[version] = {}
+        if args.faces == "synthetic":
+            write_synthetic_face_models(checkpoints)
         for name in (["exact"] + [v for v in variants if v != "exact"]):
+            if args.budget_s and time.perf_counter() - started > args.budget_s:
+                print(f"{version} {name}: skipped, past the {args.budget_s:g} s budget", flush=True)
+                continue
             options, loader = VARIANTS[name]
             out = work / f"out-{version}-{name}.mp4"
             r = run_variant(checkpoints, unet_config, video, audio, out, args.device, options, loader, args.steps)
@@ -172,6 +205,8 @@ def main() -> None:
                 r.update({k: v for k, v in compare_videos(work / f"out-{version}-exact.mp4", out).items()
                           if k in ("psnr", "ssim")})
             results[name] = r
+            if args.json:  # after each variant: a run cut short still leaves its figures
+                args.json.write_text(json.dumps(figures, indent=2))
             peak = (f"{r['peak_gb']:.1f} GB (reserved {r['peak_reserved_gb']:.1f}, estimated "
                     f"{r['estimated_peak_gb']:.1f})" if "peak_gb" in r else "-")
             quality = f"PSNR {r['psnr']:.1f} dB SSIM {r['ssim']:.3f} vs exact" if "psnr" in r else "(reference)"
