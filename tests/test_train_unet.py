@@ -214,3 +214,32 @@ def test_validation_lip_syncs_the_clip_and_logs_sync_confidence(setup, tmp_path)
     val = [r for r in records if "val_lse_c" in r]
     assert len(val) == 1 and val[0]["step"] == 1
     assert np.isfinite(val[0]["val_lse_c"]) and np.isfinite(val[0]["val_lse_d"])
+
+
+def test_dataset_replaces_a_corrupt_clip_with_the_next_one(setup, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from latentsync.config import load_unet_config
+    from latentsync.errors import InputError
+    from latentsync.training.unet_data import UNetDataset, WhisperFeatures
+
+    checkpoints, clips, _ = setup
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    shutil.copy(clips / "clip0.mp4", folder / "a_good.mp4")
+    bad = folder / "b_truncated.mp4"
+    shutil.copy(clips / "clip0.mp4", bad)
+    with open(bad, "r+b") as f:  # the header still passes the probe; the frames run out
+        f.truncate(bad.stat().st_size * 2 // 5)
+    config = load_unet_config(checkpoints / UNET_CONFIG_NAME)
+    config.data.num_frames, config.data.resolution = 8, 64
+    features = WhisperFeatures(checkpoints / "whisper" / "tiny.pt", cache_dir=tmp_path / "cache")
+    ds = UNetDataset(folder, config, features, length=4)
+    assert [c.key for c in ds.clips] == ["a_good.mp4", "b_truncated.mp4"]
+    with caplog.at_level(logging.WARNING):
+        ds[1]  # the truncated clip's index: served by the good one
+    assert "b_truncated.mp4" in ds.failed and "b_truncated.mp4" in caplog.text
+    strict = UNetDataset(folder, config, features, length=4, on_error="raise")
+    with pytest.raises(InputError):
+        strict[1]

@@ -172,6 +172,28 @@ def find_clips(source: ClipSource) -> tuple[list[tuple[str, Path]], str]:
     return [(str(p), Path(p)) for p in paths], f"a list of {len(paths)} clip paths"
 
 
+def load_or_skip(dataset, start: int, load: Callable[[Clip], dict], errors: tuple[type[BaseException], ...]) -> dict:
+    """`load(clip)` for the dataset's clip at `start`, or else for the next one that loads (in order, wrapping).
+
+    A clip that fails with one of `errors` is remembered in `dataset.failed` (key -> reason), logged once and
+    never tried again; with `dataset.on_error == "raise"` the error is raised instead. Raises InputError when
+    every clip has failed. `dataset` has `clips`, `failed`, `on_error` and `source`."""
+    n = len(dataset.clips)
+    for step in range(n):
+        clip = dataset.clips[(start + step) % n]
+        if clip.key in dataset.failed:
+            continue
+        try:
+            return load(clip)
+        except errors as e:
+            if dataset.on_error == "raise":
+                raise
+            dataset.failed[clip.key] = " ".join(str(e).split())
+            log.warning("%s: %s failed (%s); its samples come from the next clip", type(dataset).__name__, clip.key,
+                        dataset.failed[clip.key])
+    raise InputError(f"{dataset.source}: every clip failed to decode (e.g. {next(iter(dataset.failed.values()))})")
+
+
 # --------------------------------------------------------------------------------------------------------
 # Dataset
 # --------------------------------------------------------------------------------------------------------
@@ -383,17 +405,4 @@ class SyncNetDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         index = self._index(index)
         draw = self._draw(index)
-        n = len(self.clips)
-        for step in range(n):
-            clip = self.clips[(index + step) % n]
-            if clip.key in self.failed:
-                continue
-            try:
-                return self._load(clip, draw)
-            except (InputError, OSError) as e:
-                if self.on_error == "raise":
-                    raise
-                reason = " ".join(str(e).split())
-                self.failed[clip.key] = reason
-                log.warning("SyncNetDataset: %s failed (%s); its samples come from the next clip", clip.key, reason)
-        raise InputError(f"{self.source}: every clip failed to decode (e.g. {next(iter(self.failed.values()))})")
+        return load_or_skip(self, index, lambda clip: self._load(clip, draw), (InputError, OSError))

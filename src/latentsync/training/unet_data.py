@@ -23,7 +23,6 @@ so each clip's audio is encoded once, whatever the process (the trainer fills th
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -45,9 +44,7 @@ from ..config import UNetConfig, load_unet_config
 from ..errors import InputError
 from ..face.mask import mouth_mask
 from ..media import VideoReader, decode_audio, probe_video
-from .syncnet_data import Clip, ClipSource, LRUMelCache, find_clips
-
-log = logging.getLogger(__name__)
+from .syncnet_data import Clip, ClipSource, LRUMelCache, find_clips, load_or_skip
 
 WINDOWS_PER_CLIP = 3  # the reference needs 3 x num_frames: a target and a non-overlapping reference window
 PIXEL_HALF_RANGE = 127.5
@@ -166,17 +163,4 @@ class UNetDataset(Dataset):
         return sample
 
     def __getitem__(self, index: int) -> dict:
-        n = len(self.clips)
-        for step in range(n):
-            clip = self.clips[(index + step) % n]
-            if clip.key in self.failed:
-                continue
-            try:
-                return self._load(index, clip)
-            except (InputError, OSError, ValueError) as e:
-                if self.on_error == "raise":
-                    raise
-                self.failed[clip.key] = " ".join(str(e).split())
-                log.warning("UNetDataset: %s failed (%s); its samples come from the next clip", clip.key,
-                            self.failed[clip.key])
-        raise InputError(f"{self.source}: every clip failed to decode")
+        return load_or_skip(self, index, lambda clip: self._load(index, clip), (InputError, OSError, ValueError))
