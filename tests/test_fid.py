@@ -17,11 +17,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import video_util
+from video_util import SMALL, stripes
+
 from latentsync.demo import load_portrait
 from latentsync.errors import CheckpointError, InputError
 from latentsync.evaluation.fid import frame_fid, frame_indices, inception_features, video_frames
 from latentsync.evaluation.fvd import FaceCropper
-from latentsync.media import VideoReader, VideoWriter
+from latentsync.media import VideoReader
 from latentsync.models.inception import FID_WEIGHTS_URL, FIDInceptionV3, load_fid_inception
 
 # ---- the published layout -------------------------------------------------------------------------------------
@@ -225,34 +228,14 @@ def test_features_regression(inception):
 
 # ---- frames -----------------------------------------------------------------------------------------------------
 
-SMALL = 64  # px
 NUM_FRAMES = 12
 
 
 def write_video(path, frame_fn, n=NUM_FRAMES, size=(SMALL, SMALL)):
-    with VideoWriter(path, size[0], size[1], fps=25, crf=10, preset="ultrafast") as writer:
-        for i in range(n):
-            writer.write(frame_fn(i))
-    return path
+    return video_util.write_video(path, frame_fn, n, size)
 
 
-def stripes(phase: float, colour):
-    def frame(i):
-        x = np.arange(SMALL)
-        row = (np.sin(x / 4.0 + phase + 0.3 * i) * 0.5 + 0.5)[None, :, None]
-        image = row * np.asarray(colour, np.float64)[None, None, :] * 255
-        return np.broadcast_to(image, (SMALL, SMALL, 3)).astype(np.uint8)
-
-    return frame
-
-
-def blobs(seed: int):
-    def frame(i):
-        rng = np.random.default_rng(seed * 1000 + i)
-        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        return np.kron(small, np.ones((SMALL // 8, SMALL // 8, 1), np.uint8))
-
-    return frame
+blobs = video_util.blobs
 
 
 def test_frame_indices_are_segment_centres():

@@ -13,6 +13,9 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+import video_util
+from video_util import SMALL, stripes
+
 from latentsync.demo import load_portrait
 from latentsync.errors import CheckpointError, InputError
 from latentsync.evaluation.fvd import (
@@ -25,7 +28,6 @@ from latentsync.evaluation.fvd import (
     video_paths,
 )
 from latentsync.evaluation.frames import compare_videos, psnr, ssim
-from latentsync.media import VideoWriter
 from latentsync.models.i3d import (
     InceptionI3d,
     MaxPool3dSame,
@@ -268,33 +270,14 @@ def test_frechet_distance_survives_singular_covariances():
 # ---- FVD end to end ------------------------------------------------------------------------------------------
 
 CLIP_FRAMES = 36  # frames 20..35 are the FVD clip
-SMALL = 64  # px; clips are upscaled to 224 like any face crop
 
 
 def write_video(path, frame_fn, n=CLIP_FRAMES, size=(SMALL, SMALL)):
-    with VideoWriter(path, size[0], size[1], fps=25, crf=10, preset="ultrafast") as writer:
-        for i in range(n):
-            writer.write(frame_fn(i))
-    return path
-
-
-def stripes(phase: float, colour):
-    def frame(i):
-        x = np.arange(SMALL)
-        row = (np.sin(x / 4.0 + phase + 0.3 * i) * 0.5 + 0.5)[None, :, None]
-        image = row * np.asarray(colour, np.float64)[None, None, :] * 255
-        return np.broadcast_to(image, (SMALL, SMALL, 3)).astype(np.uint8)
-
-    return frame
+    return video_util.write_video(path, frame_fn, n, size)
 
 
 def blobs(seed: int):
-    def frame(i):
-        rng = np.random.default_rng(seed * 1000 + i // 4)  # changes every 4 frames: flicker
-        small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        return np.kron(small, np.ones((SMALL // 8, SMALL // 8, 1), np.uint8))
-
-    return frame
+    return video_util.blobs(seed, hold=4)  # changes every 4 frames: flicker
 
 
 @pytest.fixture(scope="module")
