@@ -309,16 +309,7 @@ def test_inception_features_layout_range_and_batches():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fid_videos")
-    for name, makers in {
-        "real": [stripes(0.0, (1.0, 0.6, 0.3)), stripes(1.0, (0.9, 0.7, 0.4))],
-        "different": [blobs(1), blobs(2)],
-    }.items():
-        (root / name).mkdir()
-        for k, make in enumerate(makers):
-            write_video(root / name / f"clip{k}.mp4", make)
-    (root / "real" / "notes.txt").write_text("not a video")
-    return root
+    return video_util.real_and_different(tmp_path_factory.mktemp("fid_videos"), write_video, blobs)
 
 
 class FirstFeatures(torch.nn.Module):

@@ -36,3 +36,17 @@ def blobs(seed: int, hold: int = 1):
         return np.kron(small, np.ones((SMALL // 8, SMALL // 8, 1), np.uint8))
 
     return frame
+
+
+def real_and_different(root, write, blobs_fn=blobs):
+    """`root/real`: two stripe clips and a file that is not a video; `root/different`: two blob clips (made by
+    `blobs_fn`). `write(path, frame_fn)` writes a clip. Returns `root`."""
+    for name, makers in {
+        "real": [stripes(0.0, (1.0, 0.6, 0.3)), stripes(1.0, (0.9, 0.7, 0.4))],
+        "different": [blobs_fn(1), blobs_fn(2)],
+    }.items():
+        (root / name).mkdir()
+        for k, make in enumerate(makers):
+            write(root / name / f"clip{k}.mp4", make)
+    (root / "real" / "notes.txt").write_text("not a video")
+    return root
