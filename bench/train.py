@@ -66,9 +66,9 @@ def full(resolution: int, steps: int) -> None:
         p.requires_grad_(any(m in name for m in cfg.run.trainable_modules))
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2, latent_channels=4).to(
-        device, torch.float16).requires_grad_(False)
+    from latentsync.models.vae import SD_VAE_CONFIG
+
+    vae = AutoencoderKL(**SD_VAE_CONFIG).to(device, torch.float16).requires_grad_(False)
     vae.enable_slicing()
     objective = UNetObjective(unet, Frozen(vae=vae), cfg.run, make_scheduler("ddim"))
     optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-5)

@@ -3,7 +3,8 @@
 #   command: bash bench/device/gpu_bench.sh [gpu_inference.py options]     carry: [".whl"]     timeout_s: 590
 # Installs the carried packages into /tmp/site, prints the machine, runs bench/gpu_inference.py with synthetic
 # face models (the image has no mediapipe) and a time budget (BUDGET_S, default 420 s: no new variant starts
-# after it), then bench/vram_estimate.py for 1.6 beside it. Figures and logs land in $OUT (gpu.json, gpu.log).
+# after it), then bench/vram_estimate.py for 1.6 beside it, and with TRAIN=1 bench/train.py --full (issue 4's
+# stage-2 step time and peak memory at 256 px). Figures and logs land in $OUT (gpu.json, gpu.log).
 set -uo pipefail
 out=${OUT:-/tmp/out}
 mkdir -p "$out"
@@ -17,3 +18,6 @@ python3 -c "import torch, diffusers, av, whisper; print('torch', torch.__version
 python3 bench/gpu_inference.py --faces synthetic --work /tmp/bench --json "$out/gpu.json" \
     --budget-s "${BUDGET_S:-420}" "$@" 2>&1 | grep -v "CleanUnusedInitializers" | tee "$out/gpu.log"
 python3 bench/vram_estimate.py --version 1.6 2>&1 | tee -a "$out/gpu.log"
+if [ "${TRAIN:-0}" = 1 ]; then
+    python3 bench/train.py --full --resolution 256 --steps 4 2>&1 | tee -a "$out/gpu.log"
+fi
