@@ -228,6 +228,28 @@ class _Raising:
         return self.fail(*args, **kwargs)
 
 
+def test_a_still_image_is_animated_for_the_whole_audio(lipsync, work):
+    import cv2
+
+    still = work / "portrait.png"
+    portrait = load_portrait()
+    cv2.imwrite(str(still), cv2.cvtColor(portrait, cv2.COLOR_RGB2BGR))
+    audio = write_wav(work / "one_second.wav", synth_speech(1.0), 16_000)
+    frames: list[np.ndarray] = []
+    result = lipsync.process(still, audio, frames.append, FAST)
+    assert result.frames == len(frames) == expected_frame_count(1.0) and result.frames_without_face == 0
+    with MediapipeBackend(video=False) as backend:
+        (face,) = backend.detect(portrait)
+    x1, y1, x2, y2 = face.box
+    w, h = x2 - x1, y2 - y1
+    changed = np.stack([np.abs(f.astype(int) - portrait.astype(int)).max(axis=2) > 8 for f in frames])
+    assert changed.any(axis=(1, 2)).all()  # every frame has its face regenerated ...
+    ys, xs = np.nonzero(changed.any(axis=0))  # ... and nothing outside a margin around the face
+    assert xs.min() >= x1 - 0.35 * w and xs.max() <= x2 + 0.35 * w
+    assert ys.min() >= y1 - 0.35 * h and ys.max() <= y2 + 0.6 * h
+    assert len({f.tobytes() for f in frames}) > 1  # following the audio, not one frame repeated
+
+
 def test_audio_shorter_than_the_video_cuts_it(lipsync, clip, work):
     short = write_wav(work / "short.wav", synth_speech(1.0), 16_000)
     frames: list[np.ndarray] = []
