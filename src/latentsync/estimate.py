@@ -149,7 +149,7 @@ def _module_bytes(module: torch.nn.Module) -> int:
     return sum(t.untyped_storage().nbytes() for t in [*module.parameters(), *module.buffers()])
 
 
-def _meta_models(unet_config, dtype, frames, sampling, vae_config, whisper_dims, host_vae=False):
+def _meta_models(unet_config, dtype, vae_config, whisper_dims=None, host_vae=False):
     """The UNet, VAE and Whisper encoder of the given architectures on the meta device (the VAE, with
     `host_vae`, real in host memory: an offloaded VAE is copied to the device and needs a source)."""
     from diffusers import AutoencoderKL
@@ -159,7 +159,6 @@ def _meta_models(unet_config, dtype, frames, sampling, vae_config, whisper_dims,
     from .demo import TINY_WHISPER_DIMS
     from .models.unet import UNet3DConditionModel
     from .models.vae import SD_VAE_CONFIG
-    from .pipeline import CHUNK_FRAMES, SamplingOptions
 
     config = load_unet_config(unet_config)
     dims = whisper_dims or TINY_WHISPER_DIMS
@@ -171,8 +170,17 @@ def _meta_models(unet_config, dtype, frames, sampling, vae_config, whisper_dims,
         vae = AutoencoderKL.from_config(vae_config or SD_VAE_CONFIG)  # a config.json's dict will do too
     # nn.Module's own cast: diffusers' override warns about modules to keep in float32, of which the VAE has none.
     vae = torch.nn.Module.to(vae, dtype).eval().requires_grad_(False)
-    return (unet, vae, whisper, config.data.resolution, frames or CHUNK_FRAMES, sampling or SamplingOptions(),
-            dims["n_audio_state"])
+    return unet, vae, whisper, config.data.resolution, dims["n_audio_state"]
+
+
+def _chunk_inputs(resolution: int, tokens_dim: int, batch_chunks: int, frames: int | None):
+    """Zero faces and audio tokens of `batch_chunks` chunks of `frames` (default 16) frames, shaped as
+    `LipSyncPipeline` takes them (no batch axis for one chunk); the values do not matter on the meta device."""
+    from .pipeline import CHUNK_FRAMES
+
+    shape = (batch_chunks, frames or CHUNK_FRAMES) if batch_chunks > 1 else (frames or CHUNK_FRAMES,)
+    return (torch.zeros(*shape, resolution, resolution, 3, dtype=torch.uint8),
+            torch.zeros(*shape, 50, tokens_dim))
 
 
 def estimate_chunk_memory(
@@ -194,10 +202,11 @@ def estimate_chunk_memory(
     placement, the VAE and Whisper in host memory while idle. `vae_slicing=False`: the whole chunk through
     the VAE at once, as the reference does. The Whisper encoder's weights count as resident unless offloaded
     (its activations, for one 30 s window before the first chunk, are far below the UNet's)."""
-    from .pipeline import LipSyncPipeline
+    from .pipeline import LipSyncPipeline, SamplingOptions
 
-    unet, vae, whisper, resolution, frames, sampling, tokens_dim = _meta_models(
-        unet_config, dtype, frames, sampling, vae_config, whisper_dims, host_vae=offload)
+    sampling = sampling or SamplingOptions()
+    unet, vae, whisper, resolution, tokens_dim = _meta_models(unet_config, dtype, vae_config, whisper_dims,
+                                                              host_vae=offload)
     if vae_slicing:
         vae.enable_slicing()
     whisper_bytes = 0 if offload else _module_bytes(whisper)
@@ -213,9 +222,7 @@ def estimate_chunk_memory(
         trace.reset_peak()
         hooks = [*trace.tag_module(unet, "unet"), *trace.tag_module(vae.encoder, "vae encode"),
                  *trace.tag_module(vae.decoder, "vae decode")]
-        shape = (batch_chunks, frames) if batch_chunks > 1 else (frames,)
-        faces = torch.zeros(*shape, resolution, resolution, 3, dtype=torch.uint8)
-        tokens = torch.zeros(*shape, 50, tokens_dim)
+        faces, tokens = _chunk_inputs(resolution, tokens_dim, batch_chunks, frames)
         # The peak does not depend on the number of steps: two show every buffer the loop keeps.
         few = dataclasses.replace(sampling, num_steps=min(sampling.num_steps, 2))
         pipeline(faces, tokens, noise, few, generator=torch.Generator().manual_seed(0))
@@ -253,10 +260,9 @@ def count_chunk_flops(
     `LipSyncPipeline` does, counted on the meta device."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .pipeline import LipSyncPipeline
+    from .pipeline import LipSyncPipeline, SamplingOptions
 
-    unet, vae, _, resolution, frames, sampling, tokens_dim = _meta_models(
-        unet_config, dtype, frames, sampling, vae_config, None)
+    unet, vae, _, resolution, tokens_dim = _meta_models(unet_config, dtype, vae_config)
     vae.enable_slicing()
     counter = FlopCounterMode(display=False)
     phases: dict[str, int] = {}
@@ -274,12 +280,11 @@ def count_chunk_flops(
     for module, name in ((unet, "unet"), (vae.encoder, "vae encode"), (vae.decoder, "vae decode")):
         hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave(name))]
     pipeline = LipSyncPipeline(unet, vae, resolution)
-    shape = (batch_chunks, frames) if batch_chunks > 1 else (frames,)
+    faces, tokens = _chunk_inputs(resolution, tokens_dim, batch_chunks, frames)
     with torch.no_grad(), counter, HostCopies():
-        pipeline(torch.zeros(*shape, resolution, resolution, 3, dtype=torch.uint8),
-                 torch.zeros(*shape, 50, tokens_dim), pipeline.initial_noise(0), sampling,
+        pipeline(faces, tokens, pipeline.initial_noise(0), sampling or SamplingOptions(),
                  generator=torch.Generator().manual_seed(0))
     for h in hooks:
         h.remove()
     phases["other"] = counter.get_total_flops() - sum(phases.values())
-    return FlopCount(frames=batch_chunks * frames, phases=phases)
+    return FlopCount(frames=faces.shape[:-3].numel(), phases=phases)
