@@ -84,19 +84,25 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=X264_PRESETS, default=DEFAULT_PRESET,
                    help="H.264 encoder speed: slower presets make smaller files at the same quality "
                         "(default: %(default)s)")
+    g = _add_hardware_options(p)
+    g.add_argument("--channels-last", action="store_true",
+                   help="convolution weights in channels-last (NHWC) layout, which GPU tensor cores prefer; same "
+                        "results within rounding")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+
+
+def _add_hardware_options(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """--device, --dtype, --compile and --face-backend (infer, demo, app); the group is returned for more."""
     g = p.add_argument_group("hardware")
     g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
                    help="auto: fp16 on CUDA, fp32 elsewhere (default: auto)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet and the VAE decoder: a slow first chunk, faster afterwards")
-    g.add_argument("--channels-last", action="store_true",
-                   help="convolution weights in channels-last (NHWC) layout, which GPU tensor cores prefer; same "
-                        "results within rounding")
     g.add_argument("--face-backend", choices=["auto", "insightface", "mediapipe"], default="auto",
                    help="auto: InsightFace (as published) when its ONNX files are in the checkpoints folder, "
                         "else mediapipe (works offline)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or summary")
+    return g
 
 
 def _positive_int(text: str) -> int:
@@ -238,15 +244,9 @@ def _add_app(sub: argparse._SubParsersAction) -> None:
                    help="how long uploads and results stay on the server (default: %(default)g)")
     g.add_argument("--lazy", action="store_true",
                    help="load the models on the first request instead of at start")
-    g = p.add_argument_group("hardware")
-    g.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
-    g.add_argument("--dtype", choices=["auto", "fp16", "bf16", "fp32"], default="auto",
-                   help="auto: fp16 on CUDA, fp32 elsewhere (default: auto)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the UNet and the VAE decoder")
+    g = _add_hardware_options(p)
     g.add_argument("--low-memory", action="store_true",
                    help="every job in the low-memory mode (for small GPUs; see `latentsync infer --help`)")
-    g.add_argument("--face-backend", choices=["auto", "insightface", "mediapipe"], default="auto",
-                   help="auto: InsightFace when its ONNX files are in the checkpoints folder, else mediapipe")
     p.add_argument("--quiet", action="store_true", help="no start-up messages")
     p.set_defaults(func=_run_app)
 

@@ -409,9 +409,8 @@ class LipSync:
 
     def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
                  progress: Progress) -> InferenceResult:
-        sampling = options.sampling()
         total = num_video_frames(hidden.shape[0], FPS)
-        job = _Job(self, video, expected_frames, hidden, total, options, sampling, progress)
+        job = _Job(self, video, expected_frames, hidden, total, options, progress)
         job.run(sink)
         if job.frames_with_face == 0:  # raised before the writer is closed: it discards its file
             raise InputError(f"{video}: no face found in any frame")
@@ -423,10 +422,10 @@ class _Job:
     """One run: owns the threads and the per-video state (tracker, aligner, alignment of each source frame)."""
 
     def __init__(self, lipsync: LipSync, video: Path, expected_frames: int, hidden: torch.Tensor, total: int,
-                 options: InferenceOptions, sampling: SamplingOptions, progress: Progress):
+                 options: InferenceOptions, progress: Progress):
         self.ls, self.video, self.hidden, self.total = lipsync, video, hidden, total
         self.expected_frames = expected_frames  # from the container's duration, to recognise truncated files
-        self.options, self.sampling, self.progress = options, sampling, progress
+        self.options, self.sampling, self.progress = options, options.sampling(), progress
         self.resolution = lipsync.resolution
         rule = check_rule(options.face)
         # A fresh backend per job: video-mode trackers (mediapipe) carry state from frame to frame.
