@@ -243,3 +243,32 @@ def test_dataset_replaces_a_corrupt_clip_with_the_next_one(setup, tmp_path, capl
     strict = UNetDataset(folder, config, features, length=4, on_error="raise")
     with pytest.raises(InputError):
         strict[1]
+
+
+def test_dataset_uses_the_published_mask_or_the_configs_mask_image(setup, tmp_path):
+    import cv2
+
+    from latentsync.config import load_unet_config
+    from latentsync.errors import InputError
+    from latentsync.face.mask import mouth_mask
+    from latentsync.training.unet_data import UNetDataset, WhisperFeatures
+
+    checkpoints, clips, _ = setup
+    config = load_unet_config(checkpoints / UNET_CONFIG_NAME)
+    config.data.num_frames, config.data.resolution = 8, 64
+    features = WhisperFeatures(checkpoints / "whisper" / "tiny.pt", cache_dir=tmp_path / "cache")
+    sample = UNetDataset(clips, config, features, length=2)[0]
+    np.testing.assert_array_equal(sample["masks"][0, 0].numpy(), mouth_mask(64))  # what inference uses
+    torch.testing.assert_close(sample["masked_pixel_values"], sample["gt_pixel_values"] * torch.from_numpy(mouth_mask(64)))
+
+    chin = np.full((64, 64), 255, np.uint8)
+    chin[30:, 4:60] = 0
+    cv2.imwrite(str(tmp_path / "chin.png"), chin)
+    config.data.mask_image_path = str(tmp_path / "chin.png")
+    sample = UNetDataset(clips, config, features, length=2)[0]
+    np.testing.assert_array_equal(sample["masks"][0, 0].numpy(), chin / np.float32(255))
+    assert (sample["masked_pixel_values"][:, :, 30:, 4:60] == 0).all()
+
+    config.data.mask_image_path = str(tmp_path / "nowhere.png")
+    with pytest.raises(InputError, match="nowhere.png: mask image not found"):
+        UNetDataset(clips, config, features, length=2)

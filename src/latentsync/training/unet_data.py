@@ -83,7 +83,7 @@ class UNetDataset(Dataset):
         self.num_frames, self.resolution, self.fps = data.num_frames, data.resolution, data.video_fps
         self.features, self.with_mel = features, with_mel
         self.seed, self.epoch, self.on_error = int(seed), 0, on_error
-        self.mask = torch.from_numpy(np.array(mouth_mask(self.resolution)))[None]  # 1 R R
+        self.mask = torch.from_numpy(np.array(mouth_mask(self.resolution, data.mask_image_path)))[None]  # 1 R R
         self.mels = mel_cache if mel_cache is not None else LRUMelCache()  # e.g. audio.SyncNetMelCache
         self.failed: dict[str, str] = {}
         found, self.source = find_clips(clips)
