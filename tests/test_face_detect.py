@@ -126,6 +126,20 @@ def test_alignment_points_round_half_to_even_like_the_reference():
     np.testing.assert_array_equal(alignment_points(lmk), [[100, 10], [102, 12], [10, 20]])
 
 
+def test_alignment_points_round_the_landmarks_first_then_the_means_like_the_reference():
+    lmk = np.zeros((106, 2), np.float32)
+    # Brow A: rounded first (10, 10, 10, 11, 11) -> mean 10.4 -> 10; the float mean 10.51 would give 11.
+    lmk[[43, 48, 49, 51, 50], 0] = [10.45, 10.45, 10.45, 10.6, 10.6]
+    # Brow B: rounded first (20, 21, 21, 21, 21) -> 20.8 -> 21; the float mean 20.46 would give 20.
+    lmk[101:106, 0] = [19.7, 20.6, 20.6, 20.6, 20.8]
+    # Nose: rounded first (10, 10, 10, 11) -> 10.25 -> 10; the float mean 10.575 would give 11.
+    lmk[[74, 77, 83, 86], 1] = [10.3, 10.3, 10.3, 11.4]
+    points = alignment_points(lmk)
+    np.testing.assert_array_equal(points, [[10, 0], [21, 0], [0, 10]])
+    float_means = np.round([lmk[[43, 48, 49, 51, 50], 0].mean(), lmk[101:106, 0].mean(), lmk[[74, 77, 83, 86], 1].mean()])
+    assert (float_means != [10, 21, 10]).all()  # each group is one where the two orders disagree
+
+
 def _probe_frame() -> np.ndarray:
     """1024 x 512 RGB: R = G = 255; B carries marks in 2x2 blocks (exact after the 0.5 bilinear resize)."""
     frame = np.zeros((512, 1024, 3), np.uint8)
