@@ -6,6 +6,10 @@ What it measures (this machine, CPU only; tiny 128 px models so that the network
    (memory must not grow with the video's length).
 2. Pre- and post-processing alone (decode, detect, align, restore, encode) at 1080p: the streaming pipeline's
    stages against a naive loop that runs the same functions one frame at a time, with no threads or pools.
+3. The denoise stage of one 16-frame chunk (the batch-1 path) with the demo's models, per phase (VAE encode,
+   UNet, VAE decode): whole-chunk VAE calls (the reference's, and ours where memory allows), the slice
+   `LipSync` picks on this machine, and the former double slicing (diffusers' one frame per call inside groups
+   of 8) as the baseline.
 
     .venv/bin/python bench/inference.py [--seconds 10 60] [--steps 2] [--keep DIR]
 """
@@ -111,11 +115,14 @@ class IdentityPipeline:
     def __init__(self, real):
         self.real = real
 
+    def __getattr__(self, name):  # vae, vae_offload, ...: the real pipeline's
+        return getattr(self.real, name)
+
     def initial_noise(self, seed):
         return None
 
-    def __call__(self, faces, tokens, noise, options, generator=None):
-        return faces
+    def __call__(self, faces, tokens, options, **kwargs):
+        return faces.float() if kwargs.get("output_type") == "float" else faces
 
 
 def streaming_prepost(checkpoints: Path, video: Path, audio: Path, out: Path) -> tuple[int, float, dict]:
@@ -127,6 +134,52 @@ def streaming_prepost(checkpoints: Path, video: Path, audio: Path, out: Path) ->
     t0 = time.perf_counter()
     result = lipsync.run(video, audio, out, progress=False)
     return result.frames, time.perf_counter() - t0, result.seconds
+
+
+def denoise_phases(checkpoints: Path, steps: int, repeats: int = 2) -> dict[str, dict[str, float]]:
+    """Seconds per phase of one 16-frame chunk through `LipSyncPipeline`, best of `repeats`, per VAE setting."""
+    import dataclasses
+
+    import torch
+
+    from latentsync.inference import InferenceOptions, LipSync
+
+    lipsync = LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", audio_cache=False)
+    pipeline, vae = lipsync.pipeline, lipsync.pipeline.vae
+    sampling = lipsync.sampling_for(InferenceOptions(steps=steps))
+    r = lipsync.resolution
+    g = torch.Generator().manual_seed(0)
+    faces = torch.randint(0, 256, (16, r, r, 3), generator=g, dtype=torch.uint8)
+    tokens = torch.randn(16, 50, 384, generator=g)
+    spent: dict[str, float] = {}
+    started: list[float] = []
+
+    def enter(*_):
+        started.append(time.perf_counter())
+
+    def leave(name):
+        def hook(*_):
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - started.pop()
+        return hook
+
+    hooks = []
+    for module, name in ((pipeline.unet, "unet"), (vae.encoder, "vae encode"), (vae.decoder, "vae decode")):
+        hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave(name))]
+    settings = {"whole-chunk VAE calls": (0, False), f"chosen here ({sampling.vae_slice or 'whole'})":
+                (sampling.vae_slice, False), "before: diffusers slicing in groups of 8": (8, True)}
+    results = {}
+    for label, (size, diffusers_slicing) in settings.items():
+        vae.use_slicing = diffusers_slicing
+        best: dict[str, float] = {}
+        for _ in range(repeats):
+            spent.clear()
+            pipeline(faces, tokens, dataclasses.replace(sampling, vae_slice=size), generator=torch.Generator())
+            best = {k: min(v, best.get(k, v)) for k, v in spent.items()}
+        results[label] = best
+    vae.use_slicing = False
+    for h in hooks:
+        h.remove()
+    return results
 
 
 def main() -> None:
@@ -179,6 +232,15 @@ def main() -> None:
           + "  ".join(f"{k} {n / v:.0f} fps" for k, v in naive.items() if v > 0) + ")")
     print(f"   streaming pipeline (threads, pools, ROI paste-back): {n / wall:.1f} frames/s   "
           f"= {naive_total / wall:.2f}x the naive loop")
+
+    print(f"\n3) denoise stage, one 16-frame chunk, demo models, {args.steps} steps: seconds per phase")
+    phases = denoise_phases(checkpoints, args.steps)
+    baseline = phases["before: diffusers slicing in groups of 8"]
+    for label, spent in phases.items():
+        vae_s = spent.get("vae encode", 0) + spent.get("vae decode", 0)
+        base_vae = baseline.get("vae encode", 0) + baseline.get("vae decode", 0)
+        print(f"   {label:44s} " + "  ".join(f"{k} {v:.2f}" for k, v in spent.items())
+              + f"   VAE {vae_s:.2f} s = {base_vae / vae_s:.1f}x faster than before")
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:

@@ -385,3 +385,29 @@ def test_syncnet_mel_cache_is_by_content(tmp_path, monkeypatch):
     entry.write_bytes(b"broken")
     np.testing.assert_array_equal(SyncNetMelCache(tmp_path / "cache").get(a), first)
     assert calls == [1]  # an unreadable entry is recomputed
+
+
+def test_the_explicit_attention_is_whispers_own_and_switches_nothing_shared(tmp_path):
+    """Our encoder runs Whisper's non-SDPA attention on its own modules: the same numbers as Whisper's
+    `disable_sdpa()`, while the class-level switch that other Whisper models read stays as it was."""
+    import whisper.model
+
+    from latentsync.audio import WhisperAudioEncoder
+
+    encoder = WhisperAudioEncoder(write_whisper_checkpoint(tmp_path / "small.pt"), cache_dir=False)
+    reference = whisper.model.AudioEncoder(*(getattr(encoder.dims, k) for k in (
+        "n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer")))
+    reference.load_state_dict(encoder.encoder.state_dict())
+    switch = []
+    hook = encoder.encoder.blocks[0].register_forward_pre_hook(
+        lambda *_: switch.append(whisper.model.MultiHeadAttention.use_sdpa))
+    mel = torch.randn(1, encoder.dims.n_mels, 3000)
+    with torch.inference_mode():
+        ours = encoder.encoder(mel)
+        with whisper.model.disable_sdpa():
+            theirs = reference(mel)
+        fused = reference(mel)
+    hook.remove()
+    assert switch == [True]  # nothing shared was switched while ours ran
+    assert torch.equal(ours, theirs)
+    assert whisper.model.MultiHeadAttention.use_sdpa is True and fused.shape == ours.shape

@@ -3,13 +3,15 @@ that measures them without a GPU."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from torch import nn
 
 from latentsync.demo import TINY_VAE_CONFIG
 from latentsync.estimate import DeviceMemoryTrace, estimate_chunk_memory
-from latentsync.models.attention import FeedForward, set_feed_forward_rows
+from latentsync.models.attention import FeedForward, feed_forward_rows
 from latentsync.models.offload import Offloaded
 from latentsync.pipeline import SamplingOptions
 
@@ -54,14 +56,23 @@ def test_feed_forward_slices_give_the_same_result():
     hook = model[0].net[0].register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     with torch.no_grad():
         whole = model(x)
-        set_feed_forward_rows(model, 64)
-        assert [m.max_rows for m in model] == [64, 64]
-        sliced = model(x)
+        with feed_forward_rows(64):
+            sliced = model(x)
+            # Another thread running the same modules meanwhile sees no limit: the setting is this thread's.
+            other = []
+            thread = threading.Thread(target=lambda: other.append(model(x)))
+            thread.start()
+            thread.join()
+        after = model(x)
     hook.remove()
-    assert seen == [3, 64, 64, 22]  # all (3, 50, 32) at once, then 150 tokens in slices of 64
+    # all (3, 50, 32) at once, then 150 tokens in slices of 64, then the other thread and after: whole again
+    assert seen == [3, 64, 64, 22, 3, 3], seen
     torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-6)
+    torch.testing.assert_close(other[0], whole, rtol=0, atol=0)
+    torch.testing.assert_close(after, whole, rtol=0, atol=0)
     with pytest.raises(ValueError):
-        set_feed_forward_rows(model, -1)
+        with feed_forward_rows(-1):
+            pass
 
 
 # ---- offloading -------------------------------------------------------------------------------------------------
@@ -115,7 +126,7 @@ def test_offloaded_vae_is_on_the_device_only_to_encode_and_decode(checkpoints):
     faces = torch.randint(0, 256, (4, DEMO_RESOLUTION, DEMO_RESOLUTION, 3), generator=g, dtype=torch.uint8)
     tokens = torch.randn(4, 50, 384, generator=g)
     options = SamplingOptions(num_steps=2)
-    runs = [p(faces, tokens, p.initial_noise(3), options, generator=torch.Generator().manual_seed(1))
+    runs = [p(faces, tokens, options, latents=p.initial_noise(3), generator=torch.Generator().manual_seed(1))
             for p in (plain, offloaded)]
     for h in hooks:
         h.remove()
@@ -142,8 +153,8 @@ def test_offloaded_whisper_gives_the_same_features(tmp_path):
 # ---- the estimate ---------------------------------------------------------------------------------------------
 
 
-def estimate(**kwargs):
-    return estimate_chunk_memory("tiny/unet", dtype=torch.float32, vae_config=TINY_VAE_CONFIG, frames=2, **kwargs)
+def estimate(frames=2, **kwargs):
+    return estimate_chunk_memory("tiny/unet", dtype=torch.float32, vae_config=TINY_VAE_CONFIG, frames=frames, **kwargs)
 
 
 def test_estimate_sees_what_each_memory_setting_saves():
@@ -165,10 +176,30 @@ def test_estimate_sees_what_each_memory_setting_saves():
     assert base.resident - offloaded.resident >= vae_bytes  # and Whisper's weights
     assert offloaded.phases["unet"] < base.phases["unet"]
 
-    whole_chunk = estimate(vae_slicing=False)  # the reference's whole-chunk VAE calls
-    assert whole_chunk.phases["vae decode"] > base.phases["vae decode"]
+    one_frame = estimate(sampling=SamplingOptions(vae_slice=1))  # base: whole-chunk VAE calls, as the reference
+    assert one_frame.phases["vae decode"] < base.phases["vae decode"]
+    assert one_frame.phases["vae encode"] < base.phases["vae encode"]
     two = estimate(batch_chunks=2)
     assert two.phases["unet"] > base.phases["unet"]
+
+
+def test_vae_slice_is_the_largest_that_keeps_the_vae_under_the_budget():
+    from latentsync.estimate import choose_vae_slice
+
+    def vae_peak(size):  # the job's peak while the VAE works, with `size` frames per VAE call
+        e = estimate(sampling=SamplingOptions(vae_slice=size), frames=6)
+        return max(e.phases["vae encode"], e.phases["vae decode"]), e.phases["unet"]
+
+    choose = dict(dtype=torch.float32, vae_config=TINY_VAE_CONFIG, frames=6)
+    whole, unet = vae_peak(0)
+    one = vae_peak(1)[0]
+    assert one > unet  # the tiny UNet is smaller than the VAE: even one frame per call exceeds its peak
+    assert choose_vae_slice("tiny/unet", **choose) == 1  # so the fewest frames per call
+    # With a budget (a device with memory to spare): the most frames per call that fit, or whole chunks.
+    budget = vae_peak(4)[0]
+    size = choose_vae_slice("tiny/unet", budget=budget, **choose)
+    assert size in (3, 4) and vae_peak(size)[0] <= budget < vae_peak(size + 2)[0]
+    assert choose_vae_slice("tiny/unet", budget=whole, **choose) == 0
 
 
 def test_flop_count_follows_steps_guidance_and_deepcache():

@@ -192,6 +192,48 @@ def test_low_memory_mode_gives_the_same_video(checkpoints, clip, speech, process
     assert diff.max() <= 3 and diff.mean() < 0.01  # other batch shapes' float rounding, to uint8
 
 
+def test_concurrent_jobs_on_one_lipsync_keep_their_own_settings(lipsync, clip, speech, processed, monkeypatch):
+    """Two jobs at once on one LipSync, one with the low-memory feed-forward slices and progress bars, one
+    without: each sees only its own settings, gives the frames it gives alone, and the models keep none."""
+    import threading
+
+    import latentsync.inference as inference
+    from latentsync.models import attention
+
+    monkeypatch.setattr(inference, "LOW_MEMORY_FEED_FORWARD_ROWS", 100)
+    low = dataclasses.replace(FAST, low_memory=True)
+    alone_low: list[np.ndarray] = []
+    lipsync.process(clip, speech, alone_low.append, low)
+    seen: dict[str, set] = {}
+    ff = next(m for m in lipsync.pipeline.unet.modules() if isinstance(m, attention.FeedForward))
+    hook = ff.register_forward_pre_hook(lambda *_: seen.setdefault(threading.current_thread().name, set()).add(
+        getattr(attention._thread_settings, "feed_forward_rows", 0)))
+    results: dict[str, list] = {"low": [], "plain": []}
+    errors = []
+
+    def job(name, options, progress):
+        try:
+            lipsync.process(clip, speech, results[name].append, options, progress=progress)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=job, args=("low", low, True), name="low"),
+               threading.Thread(target=job, args=("plain", FAST, False), name="plain")]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        hook.remove()
+    assert not errors, errors
+    assert seen == {"low": {100}, "plain": {0}}
+    assert all(np.array_equal(a, b) for a, b in zip(results["low"], alone_low))
+    assert all(np.array_equal(a, b) for a, b in zip(results["plain"], processed[1]))
+    assert lipsync.audio_encoder.progress is False  # the progress bar was the job's, not the encoder's
+    assert not any(getattr(m, "max_rows", 0) for m in lipsync.pipeline.unet.modules())
+
+
 def test_running_out_of_memory_is_one_line_with_what_to_change(lipsync, clip, speech, tmp_path, monkeypatch):
     from latentsync.errors import ResourceError
 
@@ -255,6 +297,22 @@ def test_audio_shorter_than_the_video_cuts_it(lipsync, clip, work):
     frames: list[np.ndarray] = []
     result = lipsync.process(clip, short, frames.append, FAST)
     assert result.frames == len(frames) == expected_frame_count(1.0) == 27
+
+
+def test_silent_audio_is_accepted_with_one_line_saying_so(lipsync, clip, work, caplog):
+    import logging
+
+    silent = write_wav(work / "silent.wav", np.zeros(16_000, np.float32), 16_000)
+    frames: list[np.ndarray] = []
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        result = lipsync.process(clip, silent, frames.append, FAST)
+    assert result.frames == len(frames) == 27
+    lines = [r.getMessage() for r in caplog.records if "silent" in r.getMessage()]
+    assert len(lines) == 1 and str(silent) in lines[0] and "\n" not in lines[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        lipsync.process(clip, write_wav(work / "quiet.wav", synth_speech(1.0), 16_000), frames.append, FAST)
+    assert not [r for r in caplog.records if "silent" in r.getMessage()]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -333,6 +391,55 @@ def test_bad_inputs_fail_in_one_line_with_status_2_and_no_output(checkpoints, cl
             culprit = out if name != "output folder missing" else out.parent
         assert str(culprit) in err, (name, err)
         assert set(tmp_path.iterdir()) == before, name  # nothing written, not even a temporary file
+
+
+def test_the_vae_is_called_with_the_slice_chosen_from_the_memory_estimate(lipsync, clip, speech, processed):
+    from latentsync.estimate import choose_vae_slice
+
+    sampling = lipsync.sampling_for(FAST)
+    expected = choose_vae_slice(lipsync.unet_config, dtype=lipsync.dtype, sampling=FAST.sampling(),
+                                vae_config=dict(lipsync.pipeline.vae.config))
+    assert sampling.vae_slice == expected
+    vae = lipsync.pipeline.vae
+    sizes = []
+    hooks = [m.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+             for m in (vae.encoder, vae.decoder)]
+    try:
+        frames: list[np.ndarray] = []
+        lipsync.process(clip, speech, frames.append, FAST)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert max(sizes) == (expected or 16) and not vae.use_slicing  # sliced once, by us
+    assert all(np.array_equal(a, b) for a, b in zip(frames, processed[1]))
+
+
+def test_a_mask_image_is_used_for_the_job(lipsync, clip, speech, processed, tmp_path, capsys):
+    import cv2
+
+    from latentsync.face.mask import published_mask_image
+
+    cv2.imwrite(str(tmp_path / "published.png"), published_mask_image())
+    frames: list[np.ndarray] = []
+    lipsync.process(clip, speech, frames.append, dataclasses.replace(FAST, mask=tmp_path / "published.png"))
+    assert all(np.array_equal(a, b) for a, b in zip(frames, processed[1]))  # the same mask, the same video
+    larger = published_mask_image().copy()
+    larger[60:95, 9:247] = 0  # the cheeks up to the eyes
+    cv2.imwrite(str(tmp_path / "larger.png"), larger)
+    frames.clear()
+    lipsync.process(clip, speech, frames.append, dataclasses.replace(FAST, mask=tmp_path / "larger.png"))
+    assert len(frames) == len(processed[1])
+    assert not all(np.array_equal(a, b) for a, b in zip(frames, processed[1]))
+    # An unusable mask: one line naming it, status 2, before any work and with nothing written.
+    (tmp_path / "grey.png").write_bytes(b"")
+    out = tmp_path / "out.mp4"
+    assert cli.main(infer(lipsync.checkpoints, clip, speech, out, "--mask", str(tmp_path / "grey.png"))) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and str(tmp_path / "grey.png") in err and "not a readable" in err
+    assert not out.exists()
+    with pytest.raises(InputError, match="mask image not found"):
+        lipsync.run(clip, speech, out, dataclasses.replace(FAST, mask=tmp_path / "absent.png"))
+    assert not out.exists()
 
 
 def test_failed_job_keeps_an_existing_output(lipsync, tmp_path, speech):

@@ -23,6 +23,7 @@ import torch
 from latentsync import cli
 from latentsync.config import load_preprocess_config
 from latentsync.demo import make_talking_clip, synth_speech
+from latentsync.errors import InputError
 from latentsync.media import VideoReader, VideoWriter, probe_video, write_wav
 from latentsync.models.hyperiqa import HyperNet
 from latentsync.models.syncnet_v2 import SyncNetV2
@@ -258,6 +259,6 @@ def test_missing_weights_are_named_before_any_work(dataset, tmp_path, capsys):
 
 def test_output_inside_input_is_refused(dataset):
     inp, _ = dataset
-    with pytest.raises(Exception, match="must not be inside the input folder"):
+    with pytest.raises(InputError, match="lies inside the input folder"):
         Runner(inp, inp / "out", config(), steps=STEPS)
     assert os.path.exists(inp)

@@ -74,7 +74,19 @@ def test_stopped_and_resumed_equals_uninterrupted(setup, tmp_path):
     common = ("run.trainable_modules=[]", "optimizer.lr=1e-3", "ckpt.save_ckpt_steps=3")
     run(setup, tmp_path / "whole", *common, max_steps=6)
     run(setup, tmp_path / "split", *common, max_steps=3)  # stops after saving at step 3
+    # What a kill leaves: a torn last line in the log, half-written states and exports of a dead process.
+    split_dir = tmp_path / "split"
+    with open(split_dir / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.12')
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphans = [split_dir / "checkpoints" / f".state-00000004.pt.{dead.pid}-0123456789ab.tmp",
+               split_dir / "exports" / f".unet-00000004.pt.{dead.pid}-0123456789ab.tmp"]
+    for orphan in orphans:
+        orphan.parent.mkdir(exist_ok=True)
+        orphan.write_bytes(b"half a state")
     run(setup, tmp_path / "split", *common, max_steps=6)  # resume="auto" continues from the saved state
+    assert not any(o.exists() for o in orphans)
     whole, split = losses(tmp_path / "whole"), losses(tmp_path / "split")
     assert sorted(split) == list(range(1, 7))  # no duplicated or missing steps in the log
     for step in range(1, 7):
@@ -259,7 +271,7 @@ def test_dataset_uses_the_published_mask_or_the_configs_mask_image(setup, tmp_pa
     features = WhisperFeatures(checkpoints / "whisper" / "tiny.pt", cache_dir=tmp_path / "cache")
     sample = UNetDataset(clips, config, features, length=2)[0]
     np.testing.assert_array_equal(sample["masks"][0, 0].numpy(), mouth_mask(64))  # what inference uses
-    torch.testing.assert_close(sample["masked_pixel_values"], sample["gt_pixel_values"] * torch.from_numpy(mouth_mask(64)))
+    torch.testing.assert_close(sample["masked_pixel_values"], sample["gt_pixel_values"] * torch.from_numpy(mouth_mask(64).copy()))
 
     chin = np.full((64, 64), 255, np.uint8)
     chin[30:, 4:60] = 0

@@ -51,17 +51,17 @@ def test_load_vae_forces_latentsync_settings(vae_dir, vae):
     assert sorted(p.name for p in vae_dir.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
     assert vae.config.scaling_factor == VAE_SCALING_FACTOR == 0.18215
     assert vae.config.shift_factor == 0
-    assert vae.use_slicing and not vae.use_tiling
+    assert not vae.use_slicing and not vae.use_tiling  # encode_frames / decode_frames slice, once
     assert not vae.training
     assert not any(p.requires_grad for p in vae.parameters())
     reference = _tiny_vae(scaling_factor=1.0, shift_factor=0.5)
     for (name, a), (_, b) in zip(vae.state_dict().items(), reference.state_dict().items()):
         assert torch.equal(a, b), name  # the saved weights, not a fresh init
 
-    bf16 = load_vae(vae_dir, device="cpu", dtype=torch.bfloat16, slicing=False, tiling=True)
+    bf16 = load_vae(vae_dir, device="cpu", dtype=torch.bfloat16, slicing=True, tiling=True)
     assert bf16.dtype == torch.bfloat16
     assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
-    assert not bf16.use_slicing and bf16.use_tiling
+    assert bf16.use_slicing and bf16.use_tiling
     latents = encode_frames(bf16, _frames(2), sample=False)  # fp32 input, bf16 model
     assert latents.dtype == torch.bfloat16
 
@@ -99,12 +99,20 @@ def test_encode_samples_reproducibly_with_a_generator(vae):
 
 def test_slicing_does_not_change_results(vae):
     x = _frames(5)
+    calls = []
+    hook = vae.encoder.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     with torch.no_grad():
         sliced = encode_frames(vae, x, sample=False, slice_size=2)
-        whole = encode_frames(vae, x, sample=False, slice_size=64)
+        whole = encode_frames(vae, x, sample=False)
         torch.testing.assert_close(sliced, whole, rtol=1e-5, atol=1e-5)
+        # Posterior samples too: the CPU generator's draws do not depend on the slice size.
+        drawn = [encode_frames(vae, x, generator=torch.Generator().manual_seed(3), slice_size=size) for size in (1, 2, None)]
+        torch.testing.assert_close(drawn[0], drawn[2], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(drawn[1], drawn[2], rtol=1e-5, atol=1e-5)
         pixels_sliced = decode_frames(vae, whole, slice_size=2)
-        pixels_whole = decode_frames(vae, whole, slice_size=64)
+        pixels_whole = decode_frames(vae, whole)
+    hook.remove()
+    assert calls[:4] == [2, 2, 1, 5]  # sliced once: by slice_size, and not again inside diffusers
     torch.testing.assert_close(pixels_sliced, pixels_whole, rtol=1e-5, atol=1e-5)
 
 

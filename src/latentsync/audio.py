@@ -29,9 +29,10 @@ The encoder sees 30 s (3000 mel frames, 1500 rows) at a time. Two ways to cover 
 Precision follows the reference: the encoder weights stay float32 and the mel is fed in the compute dtype
 (float16 on CUDA, as Whisper's `transcribe` did, float32 elsewhere); Whisper's Linear/Conv1d cast their weights
 to the input dtype and its LayerNorm computes in float32. Attention uses Whisper's explicit
-softmax(q k^T) path (`whisper.model.disable_sdpa`) rather than PyTorch's fused SDPA, because the Whisper
-copy LatentSync vendors predates SDPA; the two round differently in float16. `disable_sdpa` flips a
-class-level switch of Whisper's, so do not run Whisper elsewhere in other threads at the same time.
+softmax(q k^T) path (what `whisper.model.disable_sdpa` selects) rather than PyTorch's fused SDPA, because
+the Whisper copy LatentSync vendors predates SDPA; the two round differently in float16. `disable_sdpa` flips a
+class-level switch that every Whisper model in the process reads, so our encoder's attention modules carry the
+explicit path themselves (`_explicit_qkv_attention`) and nothing shared is switched.
 
 Results are cached on disk by content: the key hashes the decoded samples, the encoder weights, the window
 mode, the compute dtype and a format version, never a file name.
@@ -46,6 +47,7 @@ import hashlib
 import logging
 import math
 import os
+import types
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping
@@ -195,6 +197,31 @@ def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch
     return dtype
 
 
+def _explicit_qkv_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None):
+    """Whisper's `MultiHeadAttention.qkv_attention` with SDPA off (its `disable_sdpa` branch, the same
+    operations in the same order), bound to one module so that no other Whisper model is affected."""
+    n_ctx = q.shape[1]
+    scale = (q.shape[2] // self.n_head) ** -0.25
+    q = q.view(*q.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)  # b h t d
+    k = k.view(*k.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+    v = v.view(*v.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
+    qk = (q * scale) @ (k * scale).transpose(-1, -2)  # b h t t
+    if mask is not None:
+        qk = qk + mask[:n_ctx, :n_ctx]
+    qk = qk.float()
+    w = F.softmax(qk, dim=-1).to(q.dtype)
+    return (w @ v).permute(0, 2, 1, 3).flatten(start_dim=2), qk.detach()
+
+
+def _progress(items, show: bool):
+    """`items`, with a bar over them when `show` and there are several."""
+    if not show or len(items) < 2:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="whisper", unit="window", leave=False)
+
+
 class WhisperAudioEncoder:
     """Whisper's audio encoder as LatentSync uses it: 50 Hz per-layer hidden states and per-frame tokens.
 
@@ -242,6 +269,9 @@ class WhisperAudioEncoder:
         ).eval()
         del state
         self.encoder.requires_grad_(False)
+        for module in self.encoder.modules():  # this encoder's own attention path, no class-level switch
+            if isinstance(module, whisper.model.MultiHeadAttention):
+                module.qkv_attention = types.MethodType(_explicit_qkv_attention, module)
         self._offload = Offloaded(self.encoder, self.device) if offload else None
         if cache_dir is False:
             self.cache_dir = None
@@ -259,12 +289,14 @@ class WhisperAudioEncoder:
 
     # ---- public API -------------------------------------------------------------------------------------
 
-    def hidden_states(self, audio, window: str = "overlap") -> torch.Tensor:
+    def hidden_states(self, audio, window: str = "overlap", progress: bool | None = None) -> torch.Tensor:
         """Per-layer hidden states at 50 Hz, float32 on the CPU: `(N50, n_layer + 1, width)`.
 
         `audio` is a path to any audio or video file, or a 1-D array (numpy or torch) of 16 kHz mono samples.
         `window` is "overlap" (default, no jumps every 30 s) or "reference" (LatentSync's segmentation);
-        see the module docstring. `N50 = (len(samples) // 160) // 2` in both modes.
+        see the module docstring. `N50 = (len(samples) // 160) // 2` in both modes. `progress`: a bar over the
+        30 s windows for this call (None: the encoder's `progress`); nothing of the call is kept on the encoder,
+        which jobs in several threads may share.
         """
         if window not in WINDOW_MODES:
             raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
@@ -277,7 +309,7 @@ class WhisperAudioEncoder:
         cached = self._cache_read(key, expected_shape)
         if cached is not None:
             return cached
-        hidden = self._compute(samples, window)
+        hidden = self._compute(samples, window, self.progress if progress is None else progress)
         assert tuple(hidden.shape) == expected_shape, (hidden.shape, expected_shape)
         self._cache_write(key, hidden, window)
         return hidden
@@ -293,7 +325,7 @@ class WhisperAudioEncoder:
 
     # ---- encoding ----------------------------------------------------------------------------------------
 
-    def _compute(self, samples: np.ndarray, window: str) -> torch.Tensor:
+    def _compute(self, samples: np.ndarray, window: str, progress: bool) -> torch.Tensor:
         whisper = _whisper()
         # The mel of the whole file, on the CPU as in the reference: its floor (global max - 8) depends on
         # the loudest part of the whole file, not of each window.
@@ -301,16 +333,16 @@ class WhisperAudioEncoder:
         n_rows = mel.shape[-1] // MEL_FRAMES_PER_ROW
         with residency(self._offload):
             if window == "reference" or n_rows <= WINDOW_ROWS:
-                return self._encode_reference(mel)
-            return self._encode_overlap(mel)
+                return self._encode_reference(mel, progress)
+            return self._encode_overlap(mel, progress)
 
-    def _encode_reference(self, mel: torch.Tensor) -> torch.Tensor:
+    def _encode_reference(self, mel: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """LatentSync's segmentation: windows at 0, 30 s, 60 s, ..., zero-padded in mel space, truncated."""
         whisper = _whisper()
         n_frames = mel.shape[-1]
         seeks = range(0, n_frames, WINDOW_MEL_FRAMES)
         parts = []
-        for seek in self._progress(seeks):
+        for seek in _progress(seeks, progress):
             end_seek = min(seek + WINDOW_MEL_FRAMES, n_frames)
             keep = (end_seek - seek) // MEL_FRAMES_PER_ROW
             if keep == 0:
@@ -320,14 +352,14 @@ class WhisperAudioEncoder:
             parts.append(self._encode_window(segment)[:keep])  # (keep, L+1, D)
         return torch.cat(parts)  # (N50, L+1, D)
 
-    def _encode_overlap(self, mel: torch.Tensor) -> torch.Tensor:
+    def _encode_overlap(self, mel: torch.Tensor, progress: bool = False) -> torch.Tensor:
         """Overlapping unpadded windows blended with linear cross-fades (see the module docstring)."""
         n_rows = mel.shape[-1] // MEL_FRAMES_PER_ROW
         starts = overlap_window_starts(n_rows)
         weights = crossfade_weights(starts)
         acc = torch.zeros(n_rows, self.num_states, self.dims.n_audio_state, dtype=torch.float64)
         total = torch.zeros(n_rows, dtype=torch.float64)
-        for start, weight in self._progress(list(zip(starts, weights))):
+        for start, weight in _progress(list(zip(starts, weights)), progress):
             first = start * MEL_FRAMES_PER_ROW
             h = self._encode_window(mel[:, first : first + WINDOW_MEL_FRAMES])  # (1500, L+1, D)
             rows = slice(start, start + WINDOW_ROWS)
@@ -343,8 +375,7 @@ class WhisperAudioEncoder:
         whisper = _whisper()
         enc = self.encoder
         x = segment.to(device=self.device, dtype=self.dtype)[None]  # (1, m, 3000)
-        # disable_sdpa: the explicit attention of the Whisper copy the reference ran (module docstring).
-        with torch.inference_mode(), whisper.model.disable_sdpa():
+        with torch.inference_mode():  # the explicit attention (`_explicit_qkv_attention`), as the reference
             x = F.gelu(enc.conv1(x))  # (1, D, 3000)
             x = F.gelu(enc.conv2(x))  # (1, D, 1500)
             x = rearrange(x, "b d t -> b t d")  # (1, 1500, D)
@@ -356,12 +387,6 @@ class WhisperAudioEncoder:
         self.encoder_calls += 1
         return torch.stack(states, dim=2)[0].float().cpu()  # (1500, L+1, D)
 
-    def _progress(self, items):
-        if not self.progress or len(items) < 2:
-            return items
-        from tqdm.auto import tqdm
-
-        return tqdm(items, desc="whisper", unit="window", leave=False)
 
     # ---- cache -------------------------------------------------------------------------------------------
 

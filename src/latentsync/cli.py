@@ -1,14 +1,18 @@
 """The `latentsync` command: one entry with subcommands, each a thin adapter over a library call.
 
 Errors the user can cause (missing files, bad configs, unusable media) are reported in one line on stderr with
-exit status 2; anything else is a bug and keeps its traceback.
+exit status 2; anything else is a bug and keeps its traceback. Ctrl-C exits with 130 and SIGTERM with 143,
+both after the same clean-up (no temporary file is left).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -79,6 +83,9 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="InsightFace only: run the face detector every N frames and follow the face with the "
                         "landmark model in between (faster; 1 detects on every frame, as published); mediapipe "
                         "tracks the face on its own (default: %(default)s)")
+    g.add_argument("--mask", type=Path, default=None, metavar="PNG",
+                   help="the mouth mask: a square black-and-white image, black = regenerated (e.g. larger, with "
+                        "the chin); default: the published mask.png the models were trained with")
     g.add_argument("--crf", type=int, default=18,
                    help="H.264 quality, lower is better (default: 18, visually lossless)")
     g.add_argument("--preset", choices=X264_PRESETS, default=DEFAULT_PRESET,
@@ -145,7 +152,10 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 def _run_infer(args: argparse.Namespace) -> int:
     from .inference import LipSync, check_inputs
 
+    from .face.mask import mask_image
+
     check_inputs(args.video, args.audio, args.out)  # before minutes of model loading
+    mask_image(args.mask)
     lipsync = LipSync(args.checkpoints, version=args.version, unet_config=args.unet_config, device=args.device,
                       dtype=args.dtype, face_backend=args.face_backend, compile=args.compile,
                       channels_last=args.channels_last, offload=args.low_memory)
@@ -162,7 +172,7 @@ def _run_job(lipsync, video: Path, audio: Path, out: Path, args: argparse.Namesp
     options = InferenceOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
                                deepcache=args.deepcache, batch_chunks=args.batch_chunks,
                                low_memory=args.low_memory, face=args.face, crf=args.crf, preset=args.preset,
-                               detect_every=args.detect_every)
+                               detect_every=args.detect_every, mask=args.mask)
     if not args.quiet:
         print(f"faces: {lipsync.face_backend} backend; {lipsync.resolution} px; {lipsync.device}, "
               f"{str(lipsync.dtype).removeprefix('torch.')}", file=sys.stderr)
@@ -570,10 +580,38 @@ def main(argv: list[str] | None = None) -> int:
 
         stderr_filter.install()  # mediapipe prints C++ notices whenever its graph starts
     try:
-        return args.func(args)
+        with _sigterm_as_interrupt():
+            if getattr(args, "device", None) not in (None, "auto"):
+                _device(args.device)  # a device that is not there: one line before anything is read or loaded
+            return args.func(args)
     except LatentSyncError as e:
         print(f"latentsync {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C's KeyboardInterrupt would be, so that every command cleans up the same way."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM (job schedulers, containers, `timeout`) raises `Terminated` in the main thread:
+    the same unwinding as Ctrl-C (temporary files removed, workers stopped). The old handler is restored."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

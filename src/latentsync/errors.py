@@ -28,3 +28,7 @@ class ResourceError(LatentSyncError):
 
 class DownloadError(LatentSyncError):
     """Published weights could not be fetched."""
+
+
+class DeviceError(LatentSyncError):
+    """The device asked for is not one this PyTorch can use."""

@@ -191,7 +191,6 @@ def estimate_chunk_memory(
     batch_chunks: int = 1,
     frames: int | None = None,
     offload: bool = False,
-    vae_slicing: bool = True,
     vae_config: dict | None = None,
     whisper_dims: dict | None = None,
 ) -> MemoryEstimate:
@@ -199,16 +198,14 @@ def estimate_chunk_memory(
 
     `unet_config`: a UNet config (name, path or object), whose `data.resolution` is the face size. `sampling`:
     `SamplingOptions` (the steps do not change the peak, so two are run). `offload`: the low-memory mode's
-    placement, the VAE and Whisper in host memory while idle. `vae_slicing=False`: the whole chunk through
-    the VAE at once, as the reference does. The Whisper encoder's weights count as resident unless offloaded
+    placement, the VAE and Whisper in host memory while idle. `sampling.vae_slice`: frames per VAE call (0, the
+    default: the whole chunk at once, as the reference does; `choose_vae_slice` picks it as `LipSync` does). The Whisper encoder's weights count as resident unless offloaded
     (its activations, for one 30 s window before the first chunk, are far below the UNet's)."""
     from .pipeline import LipSyncPipeline, SamplingOptions
 
     sampling = sampling or SamplingOptions()
     unet, vae, whisper, resolution, tokens_dim = _meta_models(unet_config, dtype, vae_config, whisper_dims,
                                                               host_vae=offload)
-    if vae_slicing:
-        vae.enable_slicing()
     whisper_bytes = 0 if offload else _module_bytes(whisper)
     unseen = _module_bytes(unet) + (0 if offload else _module_bytes(vae)) + whisper_bytes  # built outside
     trace = DeviceMemoryTrace()
@@ -225,11 +222,54 @@ def estimate_chunk_memory(
         faces, tokens = _chunk_inputs(resolution, tokens_dim, batch_chunks, frames)
         # The peak does not depend on the number of steps: two show every buffer the loop keeps.
         few = dataclasses.replace(sampling, num_steps=min(sampling.num_steps, 2))
-        pipeline(faces, tokens, noise, few, generator=torch.Generator().manual_seed(0))
+        pipeline(faces, tokens, few, latents=noise, generator=torch.Generator().manual_seed(0))
         for h in hooks:
             h.remove()
     return MemoryEstimate(resident=resident, peak=trace.peak + unseen,
                           phases={k: v + unseen for k, v in trace.phase_peaks.items()})
+
+
+def choose_vae_slice(
+    unet_config,
+    *,
+    dtype: torch.dtype = torch.float16,
+    sampling=None,
+    batch_chunks: int = 1,
+    frames: int | None = None,
+    offload: bool = False,
+    vae_config: dict | None = None,
+    budget: int | None = None,
+) -> int:
+    """Frames per VAE call for a job with these settings (`SamplingOptions.vae_slice`): 0, the whole chunk in
+    one call, when its encode and decode fit in `budget` bytes, else the most frames that do.
+
+    The budget is at least the UNet's peak for the same job, so the VAE never raises the job's peak above
+    what denoising needs anyway; a larger `budget` (a device with memory to spare) allows larger slices.
+    The VAE's peaks grow linearly with the frames per call: they are estimated for whole chunks and for one
+    frame per call, and the slice is read off the line between."""
+    from .pipeline import CHUNK_FRAMES, SamplingOptions
+
+    sampling = sampling or SamplingOptions()
+
+    def vae_peaks(size: int) -> tuple[dict, int]:
+        e = estimate_chunk_memory(unet_config, dtype=dtype, sampling=dataclasses.replace(sampling, vae_slice=size),
+                                  batch_chunks=batch_chunks, frames=frames, offload=offload, vae_config=vae_config)
+        return {phase: e.phases[phase] for phase in ("vae encode", "vae decode")}, e.phases["unet"]
+
+    whole, unet = vae_peaks(0)
+    budget = max(budget or 0, unet)
+    if max(whole.values()) <= budget:
+        return 0
+    one, _ = vae_peaks(1)
+    f = frames or CHUNK_FRAMES
+    # Frames in each call when whole: the encode takes one chunk's masked (then reference) faces, the decode
+    # every chunk of the batch.
+    frames_in = {"vae encode": f, "vae decode": batch_chunks * f}
+    fitting = []
+    for phase, n in frames_in.items():
+        per_frame = (whole[phase] - one[phase]) / max(n - 1, 1)
+        fitting.append(n if per_frame <= 0 else int(1 + (budget - one[phase]) // per_frame))
+    return max(1, min(fitting))
 
 
 @dataclass
@@ -263,7 +303,6 @@ def count_chunk_flops(
     from .pipeline import LipSyncPipeline, SamplingOptions
 
     unet, vae, _, resolution, tokens_dim = _meta_models(unet_config, dtype, vae_config)
-    vae.enable_slicing()
     counter = FlopCounterMode(display=False)
     phases: dict[str, int] = {}
     started: list[int] = []
@@ -282,7 +321,7 @@ def count_chunk_flops(
     pipeline = LipSyncPipeline(unet, vae, resolution)
     faces, tokens = _chunk_inputs(resolution, tokens_dim, batch_chunks, frames)
     with torch.no_grad(), counter, HostCopies():
-        pipeline(faces, tokens, pipeline.initial_noise(0), sampling or SamplingOptions(),
+        pipeline(faces, tokens, sampling or SamplingOptions(), latents=pipeline.initial_noise(0),
                  generator=torch.Generator().manual_seed(0))
     for h in hooks:
         h.remove()

@@ -15,6 +15,7 @@ reference does. Frames without a face are passed through untouched; the job fail
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import threading
@@ -27,12 +28,15 @@ from typing import Callable, Iterator, Union
 import numpy as np
 import torch
 
-from .audio import WhisperAudioEncoder, frame_window, num_video_frames
+from .audio import MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder, frame_window, num_video_frames
 from .config import load_unet_config
 from .errors import InputError, ResourceError
+from .fileio import refuse_overwriting_inputs
 from .face.align import FaceAligner, restore_frames, warp_face
 from .face.detect import FaceTracker, check_rule, load_face_backend
-from .media import DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, probe_audio, probe_video
+from .face.mask import mouth_mask, mouth_mask_tensor
+from .media import (DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_audio,
+                    probe_video)
 from .models.checkpoint import resolve_device
 from .models.unet import load_unet
 from .models.vae import load_vae
@@ -96,6 +100,7 @@ class InferenceOptions:
     preset: str = DEFAULT_PRESET
     audio_window: str = "overlap"
     detect_every: int = DEFAULT_DETECT_EVERY  # InsightFace: face detection every N frames, landmarks in between
+    mask: str | Path | None = None  # a mouth mask image (face.mask); None: the published mask.png
 
     def sampling(self) -> SamplingOptions:
         """How each chunk is denoised under these options."""
@@ -145,8 +150,10 @@ def out_of_memory_message(device: torch.device, resolution: int, options: Infere
 
 def check_inputs(video: str | Path, audio: str | Path, output: str | Path | None = None) -> None:
     """Fail fast, before any model is loaded, on inputs that cannot work: a video that cannot be opened or has
-    no video stream, audio that cannot be decoded or is empty, an output that cannot be written. Raises
-    InputError with one line naming the file."""
+    no video stream, audio that cannot be decoded or is empty, an output that cannot be written or that is one
+    of the inputs (the same path, a symlink or a hard link). Raises InputError with one line naming the file."""
+    if output is not None:
+        refuse_overwriting_inputs(output, [("video", video), ("audio", audio)])
     probe_video(video)
     probe_audio(audio)
     if output is not None:
@@ -244,7 +251,7 @@ class _Frame:
 @dataclass
 class _Chunk:
     frames: list[_Frame]
-    synced: torch.Tensor | None = None  # (n_with_face, R, R, 3) uint8
+    synced: torch.Tensor | None = None  # (n_with_face, R, R, 3) float32, unclamped (the paste-back clamps)
 
     @property
     def with_face(self) -> list[_Frame]:
@@ -301,6 +308,7 @@ class LipSync:
                 raise ValueError(f"unknown version {version!r}; expected one of {', '.join(UNET_CONFIG_FOR_VERSION)}")
             unet_config = UNET_CONFIG_FOR_VERSION[version]
         config = load_unet_config(unet_config)
+        self.unet_config = config  # for the memory estimate that sizes the VAE's calls
         self.resolution = config.data.resolution
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -319,6 +327,8 @@ class LipSync:
                                                  offload=offload)
         self.checkpoints = root
         self.face_backend_name = face_backend
+        self._vae_slices: dict[tuple, int] = {}
+        self._vae_slices_lock = threading.Lock()
         # Opened once now so that missing files or a broken install are reported before any job; each job
         # opens its own (trackers keep per-video state, and jobs may run concurrently).
         with load_face_backend(face_backend, root) as backend:
@@ -333,11 +343,37 @@ class LipSync:
         self = cls.__new__(cls)
         self.pipeline, self.audio_encoder = pipeline, audio_encoder
         self.resolution, self.device, self.dtype = pipeline.resolution, pipeline.device, pipeline.dtype
+        self.unet_config = None  # the VAE takes whole chunks (a trainer's VAE slices inside diffusers)
+        self._vae_slices, self._vae_slices_lock = {}, threading.Lock()
         self.checkpoints = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
         self.face_backend_name = face_backend
         with load_face_backend(face_backend, self.checkpoints) as backend:
             self.face_backend = backend.name
         return self
+
+    def sampling_for(self, options: InferenceOptions) -> SamplingOptions:
+        """How this LipSync denoises a job with `options`: `options.sampling()` with the VAE's slice size.
+
+        The slice comes from the memory estimate (`estimate.choose_vae_slice`, once per setting): whole chunks
+        when they fit in half a CUDA device's memory (never under `low_memory`), else the most frames per VAE
+        call that keep the VAE under the UNet's peak, so slicing never costs more memory than denoising."""
+        sampling = options.sampling()
+        if self.unet_config is None:
+            return sampling
+        key = (dataclasses.astuple(sampling), options.batch_chunks)
+        with self._vae_slices_lock:
+            if key not in self._vae_slices:
+                from .estimate import choose_vae_slice
+
+                budget = None
+                if self.device.type == "cuda" and not options.low_memory:
+                    budget = torch.cuda.get_device_properties(self.device).total_memory // 2
+                self._vae_slices[key] = choose_vae_slice(
+                    self.unet_config, dtype=self.dtype, sampling=sampling, batch_chunks=options.batch_chunks,
+                    offload=self.pipeline.vae_offload is not None, vae_config=dict(self.pipeline.vae.config),
+                    budget=budget)
+                log.debug("VAE slice for %s: %d frames (0: whole chunks)", key, self._vae_slices[key])
+            return dataclasses.replace(sampling, vae_slice=self._vae_slices[key])
 
     def run(
         self,
@@ -354,7 +390,9 @@ class LipSync:
         or a callable `(stage, done, total)` (see `Progress`)."""
         options = options or InferenceOptions()
         video, audio, output = Path(video), Path(audio), Path(output)
+        refuse_overwriting_inputs(output, [("video", video), ("audio", audio), ("mask", options.mask)])
         info = probe_video(video)  # InputError: missing, unreadable, no video stream
+        mouth_mask(self.resolution, options.mask)  # InputError: an unusable mask image, before any work
         hidden, seconds = self._audio_features(audio, options, progress)
         total = num_video_frames(hidden.shape[0], FPS)
         with self._memory_errors(options):  # outside the writer: it discards its file first
@@ -377,6 +415,7 @@ class LipSync:
         of encoding: for streaming to a player, a network, or tests. `sink` is called from a worker thread."""
         options = options or InferenceOptions()
         info = probe_video(Path(video))
+        mouth_mask(self.resolution, options.mask)
         hidden, seconds = self._audio_features(Path(audio), options, progress)
         with self._memory_errors(options):
             result = self._process(Path(video), info.frames_at(FPS), hidden, sink, options, progress)
@@ -399,10 +438,15 @@ class LipSync:
 
     def _audio_features(self, audio: Path, options: InferenceOptions, progress: Progress) -> tuple[torch.Tensor, float]:
         t0 = time.perf_counter()
-        self.audio_encoder.progress = progress is True  # a bar over the 30 s windows of long audio
         if callable(progress):
             progress("audio features", 0, 1)
-        hidden = self.audio_encoder.hidden_states(audio, window=options.audio_window)  # (N50, L, D)
+        samples = decode_audio(audio, SAMPLE_RATE_HZ)  # InputError: missing, unreadable, no audio stream
+        if samples.size and not np.any(samples):
+            log.warning("%s: the speech track is silent (all samples are zero); the mouth follows silence", audio)
+        # A bar over the 30 s windows of long audio: this job's setting, passed with the call. Too short a
+        # track goes in by name, so that its error names the file.
+        hidden = self.audio_encoder.hidden_states(samples if samples.size >= MIN_SAMPLES else audio,
+                                                  window=options.audio_window, progress=progress is True)
         if callable(progress):
             progress("audio features", 1, 1)
         return hidden, time.perf_counter() - t0
@@ -425,8 +469,9 @@ class _Job:
                  options: InferenceOptions, progress: Progress):
         self.ls, self.video, self.hidden, self.total = lipsync, video, hidden, total
         self.expected_frames = expected_frames  # from the container's duration, to recognise truncated files
-        self.options, self.sampling, self.progress = options, options.sampling(), progress
+        self.options, self.sampling, self.progress = options, lipsync.sampling_for(options), progress
         self.resolution = lipsync.resolution
+        self.mask = mouth_mask_tensor(self.resolution, source=options.mask)  # 1 R R, this job's only
         rule = check_rule(options.face)
         # A fresh backend per job: video-mode trackers (mediapipe) carry state from frame to frame.
         self.tracker = FaceTracker(load_face_backend(lipsync.face_backend_name, lipsync.checkpoints), rule=rule,
@@ -552,7 +597,8 @@ class _Job:
             t = time.perf_counter()
             faces = torch.from_numpy(np.stack([np.stack([f.face for f in c.with_face]) for c in group]))
             tokens = torch.stack([self._tokens([f.index for f in c.with_face]) for c in group])
-            synced = self.ls.pipeline(faces, tokens, noise, self.sampling, generator=generator)  # n f R R 3
+            synced = self.ls.pipeline(faces, tokens, self.sampling, generator=generator, latents=noise, mask=self.mask,
+                                      output_type="float")  # n f R R 3, float in ~[0, 255], unclamped
             self.timings["denoise"] += time.perf_counter() - t
             for c, out in zip(group, synced):
                 c.synced = out

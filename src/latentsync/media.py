@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import secrets
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
 
 from .errors import InputError
-from .fileio import atomic_write
+from .fileio import atomic_write, remove_stale_temporaries, temporary_name
 
 DEFAULT_SAMPLE_RATE_HZ = 16_000  # Whisper and the SyncNet mel both work at 16 kHz
 S16_FULL_SCALE = 32_768.0  # int16 -> float: the divisor Whisper's load_audio uses
@@ -157,7 +156,7 @@ SEEK_BACKOFF_S = 1.0
 # Output rates given as floats (25.0, 29.97) are turned into exact fractions with at most this denominator;
 # NTSC rates such as 30000/1001 come out exactly.
 FPS_MAX_DENOMINATOR = 1_000_000
-# Temporary output names: `.<name>.<random hex>.partial<ext>` next to the destination.
+# Temporary output names: `.<name>.<pid>-<random hex>.partial<ext>` next to the destination (`fileio`).
 PARTIAL_TOKEN_BYTES = 4
 PARTIAL_NAME_ATTEMPTS = 100
 
@@ -749,9 +748,11 @@ class _AudioFeed:
 
 
 def _create_partial(path: Path) -> Path:
-    """Create (exclusively) a hidden temporary file next to `path`, keeping its extension."""
+    """Create (exclusively) a hidden temporary file next to `path`, keeping its extension; first remove the
+    ones of the same name that a killed run left (`fileio.remove_stale_temporaries`)."""
+    remove_stale_temporaries(path.parent, path.name)
     for _ in range(PARTIAL_NAME_ATTEMPTS):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(PARTIAL_TOKEN_BYTES)}.partial{path.suffix}")
+        tmp = temporary_name(path, f".partial{path.suffix}", PARTIAL_TOKEN_BYTES)
         try:
             # 0o666 under the umask: the finished file gets the permissions of any new file, not 0600.
             os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))

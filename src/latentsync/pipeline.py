@@ -8,19 +8,30 @@ reading, face alignment, pasting back and writing. For one chunk of f aligned fa
 3. starting from the job's initial noise (one latent frame, repeated over every frame of the video), DDIM
    runs `num_steps` steps on the 13-channel input `[noisy, mask, masked latents, reference latents]`, with
    classifier-free guidance whose unconditional branch has all-zero audio tokens;
-4. the result is decoded and only the mouth region is taken from it: `out = decoded (1 - m) + reference m`.
+4. the result is decoded and only the mouth region is taken from it, unclamped as in the reference:
+   `out = decoded (1 - m) + reference m`; the clamp to [0, 255] comes after the paste-back warp.
+
+`LipSyncPipeline.__call__` follows diffusers' conventions: `generator=`, `latents=` (the initial noise),
+`output_type=` ("uint8", "float" faces or the final "latent"s) and `return_dict=`, so the loop can be driven
+and tested from given noise. The stages around it are public, each in its module:
+
+- alignment points: `face.detect.alignment_points` (106 landmarks), `face.detect.mesh_alignment_points`;
+- the warp to the aligned face and back: `face.align.align_face`, `face.align.restore_face` / `restore_frames`;
+- the mouth mask: `face.mask.mouth_mask`, `mouth_mask_tensor`, `latent_mask_of`;
+- the VAE: `models.vae.encode_frames`, `models.vae.decode_frames`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from einops import rearrange, repeat
 
-from .face.mask import latent_mask, mouth_mask_tensor
-from .models.attention import set_feed_forward_rows
+from .face.mask import MaskSource, latent_mask_of, mouth_mask_tensor
+from .models.attention import feed_forward_rows
 from .models.offload import Offloaded, residency
 from .models.unet import DeepCache, UNet3DConditionModel
 from .models.vae import VAE_DOWNSAMPLING, VAE_LATENT_CHANNELS, decode_frames, encode_frames
@@ -75,12 +86,17 @@ class SamplingOptions:
     # Tokens per feed-forward pass inside the UNet (0: all at once); see `models.attention.FeedForward`.
     # The same results; a lower activation peak.
     feed_forward_rows: int = 0
+    # Frames per VAE call (0: a whole chunk at once, as the reference). Slicing lowers the VAE's activation
+    # peak and gives the same latents; `LipSync` picks it from the memory estimate (`estimate.choose_vae_slice`).
+    vae_slice: int = 0
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
         if self.feed_forward_rows < 0:
             raise ValueError(f"feed_forward_rows must be 0 or positive, got {self.feed_forward_rows}")
+        if self.vae_slice < 0:
+            raise ValueError(f"vae_slice must be 0 or positive, got {self.vae_slice}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {self.scheduler!r}; expected one of {', '.join(SCHEDULERS)}")
 
@@ -101,53 +117,94 @@ class LipSyncPipeline:
         self.vae_offload = Offloaded(vae, self.device) if offload_vae else None
         # 1 = keep, 0 = regenerate; (1, R, R) in pixels and (1, R/8, R/8) on the latent grid.
         self.pixel_mask = mouth_mask_tensor(resolution, device=self.device, dtype=torch.float32)
-        self.latent_mask = latent_mask(resolution).to(device=self.device, dtype=self.dtype)
+        self.latent_mask = latent_mask_of(self.pixel_mask).to(dtype=self.dtype)
 
     @property
     def latent_size(self) -> int:
         return self.resolution // VAE_DOWNSAMPLING
 
-    def initial_noise(self, seed: int) -> torch.Tensor:
+    def initial_noise(self, seed: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
         """The one latent frame every frame of a job starts from, (1, 4, 1, R/8, R/8) on the UNet's device.
 
-        Drawn on the CPU from `seed`, so a seed gives the same video on any device."""
-        g = torch.Generator().manual_seed(seed)
+        Drawn on the CPU from `seed` (or from `generator`, a CPU generator), so a seed gives the same video on
+        any device."""
+        if generator is None:
+            generator = torch.Generator().manual_seed(DEFAULT_SEED if seed is None else seed)
         shape = (1, VAE_LATENT_CHANNELS, 1, self.latent_size, self.latent_size)
-        return torch.randn(shape, generator=g).to(self.device, self.dtype)
+        return torch.randn(shape, generator=generator).to(self.device, self.dtype)
+
+    def masks(self, mask: torch.Tensor | MaskSource = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (pixel, latent) masks of one call: the published mask when `mask` is None, else the pixel mask
+        `(1, R, R)` given (1 = keep) or the mask image at that path (`face.mask.mouth_mask`)."""
+        if mask is None:
+            return self.pixel_mask, self.latent_mask
+        if not isinstance(mask, torch.Tensor):
+            mask = mouth_mask_tensor(self.resolution, source=mask)
+        if tuple(mask.shape) != (1, self.resolution, self.resolution):
+            raise ValueError(f"a mask of shape (1, {self.resolution}, {self.resolution}) was expected, "
+                             f"got {tuple(mask.shape)}")
+        pixel = mask.to(self.device, torch.float32)
+        return pixel, latent_mask_of(pixel).to(dtype=self.dtype)
 
     @torch.no_grad()
     def __call__(
         self,
         faces: torch.Tensor,
         audio_tokens: torch.Tensor,
-        noise: torch.Tensor,
         options: SamplingOptions = SamplingOptions(),
+        *,
         generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+        latents: torch.Tensor | None = None,
+        mask: torch.Tensor | MaskSource = None,
+        output_type: Literal["uint8", "float", "latent"] = "uint8",
+        return_dict: bool = False,
+    ):
         """One chunk: faces (f, R, R, 3) uint8 and audio tokens (f, t, d); or n chunks of equal length in one
-        batch: (n, f, R, R, 3) and (n, f, t, d). `noise` comes from `initial_noise`. Returns the synced faces,
-        uint8 on the CPU, shaped like `faces`. `generator` drives the VAE posterior samples.
+        batch: (n, f, R, R, 3) and (n, f, t, d).
+
+        `latents`: the initial noise, one latent frame for every frame `(1, 4, 1, R/8, R/8)` (what
+        `initial_noise` gives) or one per frame, `(n, 4, f, R/8, R/8)` (`(4, f, R/8, R/8)` for one chunk);
+        None draws one frame as `initial_noise` does, from `generator` when it is a CPU generator (before the
+        VAE's draws), else from the default seed. `generator` also drives the VAE's posterior
+        samples and a stochastic sampler. `mask`: see `masks`; it applies to this call only.
+
+        `output_type`: "uint8" the synced faces (f, R, R, 3) (rounded and clamped); "float" the same faces as
+        float32 in [0, 255] *unclamped*, as the reference hands them to the paste-back (which clamps after its
+        warp); "latent" the final latents (n, 4, f, R/8, R/8) undecoded. Faces are on the CPU, shaped like
+        `faces`. `return_dict=True` returns a `LipSyncPipelineOutput` with the faces and the final latents.
 
         A batch of chunks gives the results of calling chunk by chunk: each chunk is its own sample to the UNet,
         so its GroupNorm statistics stay its own, and the VAE encodes chunk by chunk in the same order."""
+        if output_type not in ("uint8", "float", "latent"):
+            raise ValueError(f"unknown output_type {output_type!r}; expected uint8, float or latent")
         single = faces.dim() == 4
         if single:
             faces, audio_tokens = faces[None], audio_tokens[None]
+            if latents is not None and latents.dim() == 4:
+                latents = latents[None]
         n, f = faces.shape[:2]
         if audio_tokens.shape[:2] != (n, f):
             raise ValueError(f"{n} x {f} faces but audio tokens for {tuple(audio_tokens.shape[:2])} frames")
+        r = self.latent_size
+        if latents is None:
+            latents = self.initial_noise(generator=generator if _on_cpu(generator) else None)
+        if tuple(latents.shape) not in ((1, VAE_LATENT_CHANNELS, 1, r, r), (n, VAE_LATENT_CHANNELS, f, r, r)):
+            raise ValueError(f"latents of shape (1, 4, 1, {r}, {r}) or ({n}, 4, {f}, {r}, {r}) were expected, "
+                             f"got {tuple(latents.shape)}")
+        pixel_mask, latent_mask = self.masks(mask)
         pixels = faces.to(self.device)  # n f R R 3 uint8, kept for the paste at the end
         reference = _unit_range(pixels)  # n f 3 R R
-        masked = reference * self.pixel_mask  # n f 3 R R, mouth region -> 0
-        # Both through the VAE in one call per chunk (the reference encodes them separately), masked first.
+        masked = reference * pixel_mask  # n f 3 R R, mouth region -> 0
+        # Chunk by chunk, the masked faces then the reference faces, each in its own VAE calls as the reference
+        # (the same posterior draws, in the same order).
         with residency(self.vae_offload):
-            latents = torch.stack([encode_frames(self.vae, torch.cat([masked[i], reference[i]]),
-                                                 generator=generator) for i in range(n)])  # n 2f 4 r r
+            encoded = [encode_frames(self.vae, frames[i], generator=generator, slice_size=options.vae_slice or None)
+                       for i in range(n) for frames in (masked, reference)]  # 2n x (f 4 r r)
         del reference, masked  # float frames are 8x the uint8 ones; rebuilt after denoising
-        latents = rearrange(latents.to(self.dtype), "n (two f) c h w -> two n c f h w", two=2)
-        mask = repeat(self.latent_mask, "c h w -> n c f h w", n=n, f=f)  # n 1 f r r
-        conditions = torch.cat([mask, latents[0], latents[1]], dim=1)  # n 9 f r r: mask, masked, reference
-        del latents
+        encoded = rearrange(torch.stack(encoded).to(self.dtype), "(n two) f c h w -> two n c f h w", two=2)
+        conditions = torch.cat([repeat(latent_mask, "c h w -> n c f h w", n=n, f=f), encoded[0], encoded[1]],
+                               dim=1)  # n 9 f r r: mask, masked, reference
+        del encoded
 
         audio = rearrange(audio_tokens.to(self.device, self.dtype), "n f t d -> (n f) t d")
         guided = options.guidance_scale > 1.0
@@ -159,40 +216,61 @@ class LipSyncPipeline:
         caches = [DeepCache(options.deepcache_interval, options.deepcache_branch) if options.deepcache_interval
                   else None for _ in branches]
 
-        # A setting of the shared UNet: jobs running at once with different values only change each other's
-        # memory, never their results.
-        set_feed_forward_rows(self.unet, options.feed_forward_rows)
         scheduler = make_scheduler(options.scheduler)  # fresh per call: multistep solvers keep history
         # Timesteps stay on the host: the schedulers index their host-side tables with them, which for device
         # timesteps means a device-to-host sync every step.
         scheduler.set_timesteps(options.num_steps)
-        x = noise.repeat(n, 1, f, 1, 1) * scheduler.init_noise_sigma  # n 4 f r r
-        for t in scheduler.timesteps:
-            x_t = scheduler.scale_model_input(x, t)
-            eps = torch.cat([
-                self.unet(torch.cat([x_t.repeat(a.shape[0] // (n * f), 1, 1, 1, 1),
-                                     conditions.repeat(a.shape[0] // (n * f), 1, 1, 1, 1)], dim=1),
-                          t, encoder_hidden_states=a, deep_cache=cache)
-                for a, cache in zip(branches, caches)
-            ])  # b 4 f r r, unconditional first when guided
-            if guided:
-                eps_uncond, eps_cond = eps.chunk(2)
-                eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)
-            x = scheduler.step(eps, t, x, **self._step_kwargs(scheduler, options, generator)).prev_sample
+        x = latents.to(self.device, self.dtype).expand(n, -1, f, -1, -1) * scheduler.init_noise_sigma  # n 4 f r r
+        # The feed-forward slice is this call's setting (thread-local), never written onto the shared UNet.
+        with feed_forward_rows(options.feed_forward_rows):
+            for t in scheduler.timesteps:
+                x_t = scheduler.scale_model_input(x, t)
+                eps = torch.cat([
+                    self.unet(torch.cat([x_t.repeat(a.shape[0] // (n * f), 1, 1, 1, 1),
+                                         conditions.repeat(a.shape[0] // (n * f), 1, 1, 1, 1)], dim=1),
+                              t, encoder_hidden_states=a, deep_cache=cache)
+                    for a, cache in zip(branches, caches)
+                ])  # b 4 f r r, unconditional first when guided
+                if guided:
+                    eps_uncond, eps_cond = eps.chunk(2)
+                    eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)
+                x = scheduler.step(eps, t, x, **self._step_kwargs(scheduler, options, generator)).prev_sample
 
-        with residency(self.vae_offload):
-            decoded = decode_frames(self.vae, rearrange(x, "n c f h w -> (n f) c h w")).float()  # (n f) 3 R R
-        reference = rearrange(_unit_range(pixels), "n f c h w -> (n f) c h w")
-        out = decoded.clamp(-1, 1) * (1 - self.pixel_mask) + reference * self.pixel_mask
-        out = ((out + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        out = rearrange(out, "(n f) c h w -> n f h w c", n=n).cpu()
-        return out[0] if single else out
+        out = None
+        if output_type != "latent":
+            with residency(self.vae_offload):
+                decoded = decode_frames(self.vae, rearrange(x, "n c f h w -> (n f) c h w"),
+                                        slice_size=options.vae_slice or None).float()  # (n f) 3 R R
+            reference = rearrange(_unit_range(pixels), "n f c h w -> (n f) c h w")
+            # Unclamped, as the reference: decoded values outside [-1, 1] reach the paste-back's warp.
+            out = (decoded * (1 - pixel_mask) + reference * pixel_mask + 1.0) * 127.5  # (n f) 3 R R in ~[0, 255]
+            if output_type == "uint8":
+                out = out.round().clamp(0, 255).to(torch.uint8)
+            out = rearrange(out, "(n f) c h w -> n f h w c", n=n).cpu()
+            out = out[0] if single else out
+        final = x[0] if single else x
+        if return_dict:
+            return LipSyncPipelineOutput(faces=out, latents=final)
+        return final if output_type == "latent" else out
 
     @staticmethod
     def _step_kwargs(scheduler, options: SamplingOptions, generator) -> dict:
         if options.scheduler == "ddim":
             return {"eta": options.eta, "generator": generator}
         return {"generator": generator}
+
+
+@dataclass
+class LipSyncPipelineOutput:
+    """`LipSyncPipeline(..., return_dict=True)`: the faces of the requested `output_type` (None for "latent")
+    and the final latents (n, 4, f, R/8, R/8), (4, f, R/8, R/8) for one chunk, on the device."""
+
+    faces: torch.Tensor | None
+    latents: torch.Tensor
+
+
+def _on_cpu(generator: torch.Generator | None) -> bool:
+    return generator is not None and generator.device.type == "cpu"
 
 
 def _unit_range(pixels: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,8 @@ some others):
   reference uses torchvision's antialiased bicubic (a = -0.5, kernel widened when shrinking: x shrinks by 0.82,
   y grows by 1.09 at 256). On a textured test image they differ by about 1 level on average at 256 (0.4 at
   512); torch's antialiased resize costs 7-8x more on the CPU.
-* The reference's restore input is the decoded face in [-1, 1]; ours is uint8 (or float) in [0, 255]. The
+* The reference's restore input is the decoded face in [-1, 1], unclamped; ours is the same face as float in
+  [0, 255], also unclamped (`LipSyncPipeline(output_type="float")`, what inference passes), or uint8. The
   reference's fill value 127 is therefore applied in [-1, 1] and saturates to white after the clamp; we
   reproduce that (`RESTORE_FILL_VALUE`). Those samples straddle the crop's edge, where `soft` is ~0.
 * The WIN (spec 11, Recompute: "Restore"): the reference warps, erodes, blurs and blends at full frame size

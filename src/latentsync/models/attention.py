@@ -5,6 +5,10 @@ as they are."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -70,14 +74,13 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     """GEGLU feed-forward with a 4x inner width (keys `net.0.proj`, `net.2`).
 
-    `max_rows` (0: no limit) runs it on at most that many tokens at a time. Its inner activations are 8x the
+    Within `feed_forward_rows(n)` (n > 0) it runs on at most n tokens at a time. Its inner activations are 8x the
     block's width (2 x 4x), the largest tensors of the UNet: at 512 px a 16-frame chunk's first blocks hold 65536
     tokens, so the projection alone is 65536 x 2560 values (0.3 GB in fp16) per guidance branch. The
-    feed-forward is per token, so slices give the same result with a fraction of that memory. A plain attribute
-    (set with `set_feed_forward_rows`), which torch.compile guards on instead of breaking the graph.
+    feed-forward is per token, so slices give the same result with a fraction of that memory. The limit is a
+    setting of the calling thread (`feed_forward_rows`), never of the module: jobs sharing one UNet from
+    several threads each run with their own; torch.compile guards on the thread-local value.
     """
-
-    max_rows: int = 0
 
     def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
         super().__init__()
@@ -90,7 +93,7 @@ class FeedForward(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = self.max_rows
+        rows = getattr(_thread_settings, "feed_forward_rows", 0)
         flat = x.reshape(-1, x.shape[-1])  # tokens c
         if not rows or flat.shape[0] <= rows:
             return self._layers(x)
@@ -100,13 +103,21 @@ class FeedForward(nn.Module):
         return out.view(x.shape)
 
 
-def set_feed_forward_rows(model: nn.Module, rows: int) -> None:
-    """Every `FeedForward` in `model` runs on at most `rows` tokens at a time (0: all at once)."""
+_thread_settings = threading.local()
+
+
+@contextlib.contextmanager
+def feed_forward_rows(rows: int) -> Iterator[None]:
+    """Within the block, in the calling thread only, every `FeedForward` runs on at most `rows` tokens at a
+    time (0: all at once). Other threads, and the models themselves, are unaffected."""
     if rows < 0:
         raise ValueError(f"rows must be 0 or positive, got {rows}")
-    for module in model.modules():
-        if isinstance(module, FeedForward):
-            module.max_rows = rows
+    previous = getattr(_thread_settings, "feed_forward_rows", 0)
+    _thread_settings.feed_forward_rows = rows
+    try:
+        yield
+    finally:
+        _thread_settings.feed_forward_rows = previous
 
 
 class BasicTransformerBlock(nn.Module):

@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DeviceError
 from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,30 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device {device!r}; available here: {', '.join(available_devices())}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index or 0) >= count:
+            raise DeviceError(f"device {device!r} is not available (this PyTorch sees {count} CUDA device(s)); "
+                              f"available here: {', '.join(available_devices())}")
+    elif resolved.type == "mps":
+        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
+            raise DeviceError(f"device {device!r} is not available; available here: "
+                              f"{', '.join(available_devices())}")
+    return resolved
+
+
+def available_devices() -> list[str]:
+    """The devices this PyTorch can run on, as `--device` names them."""
+    names = ["cpu"]
+    if torch.cuda.is_available():
+        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
 
 
 

@@ -55,7 +55,7 @@ def load_vae(
     path: str | Path,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    slicing: bool = True,
+    slicing: bool = False,
     tiling: bool = False,
 ):
     """The VAE in the diffusers folder `path`, frozen, in eval mode, on `device` in `dtype`.
@@ -118,13 +118,15 @@ def encode_frames(
     pixels: torch.Tensor,
     generator: torch.Generator | None = None,
     sample: bool = True,
-    slice_size: int = 8,
+    slice_size: int | None = None,
 ) -> torch.Tensor:
-    """Frames (n, 3, h, w) in [-1, 1] -> scaled latents (n, 4, h/8, w/8), `slice_size` frames at a time.
+    """Frames (n, 3, h, w) in [-1, 1] -> scaled latents (n, 4, h/8, w/8), `slice_size` frames per VAE call
+    (None: all at once).
 
     A posterior sample by default, as LatentSync encodes both the masked and the reference frames (spec 2.2);
-    `generator` makes it reproducible (draws are taken slice by slice, so the same generator state and
-    `slice_size` give the same latents). `sample=False` gives the posterior mean. Inputs of any dtype/device are
+    `generator` makes it reproducible. With a CPU generator the slice size does not change the latents (the
+    draws are taken slice by slice in order, and each slice's count is a multiple of 16, so torch's CPU normal
+    sampler gives the same numbers as one draw for all frames). `sample=False` gives the posterior mean. Inputs of any dtype/device are
     cast to the VAE's; the latents are returned in the VAE's dtype on its device. No autograd context is
     imposed: wrap the call in `torch.no_grad()` when no gradient is needed.
     """
@@ -132,7 +134,7 @@ def encode_frames(
     scale = vae.config.scaling_factor
     shift = vae.config.shift_factor or 0.0
     out = []
-    for chunk in pixels.split(slice_size):  # (s, 3, h, w)
+    for chunk in pixels.split(slice_size or len(pixels) or 1):  # (s, 3, h, w)
         chunk = chunk.to(device=vae.device, dtype=vae.dtype)
         posterior = vae.encode(chunk).latent_dist
         z = posterior.sample(generator=generator) if sample else posterior.mean  # (s, 4, h/8, w/8)
@@ -140,10 +142,10 @@ def encode_frames(
     return torch.cat(out)  # (n, 4, h/8, w/8)
 
 
-def decode_frames(vae, latents: torch.Tensor, slice_size: int = 8) -> torch.Tensor:
+def decode_frames(vae, latents: torch.Tensor, slice_size: int | None = None) -> torch.Tensor:
     """Scaled latents (n, 4, h, w) -> frames (n, 3, 8h, 8w), roughly in [-1, 1] but not clamped.
 
-    Decodes `slice_size` frames at a time. Latents of any dtype/device are cast to the VAE's; the frames are
+    Decodes `slice_size` frames per VAE call (None: all at once). Latents of any dtype/device are cast to the VAE's; the frames are
     returned in the VAE's dtype on its device. Gradients flow to `latents` (pixel-space training losses decode
     predicted latents), so callers that need none wrap the call in `torch.no_grad()`. Callers clamp.
     """
@@ -152,7 +154,7 @@ def decode_frames(vae, latents: torch.Tensor, slice_size: int = 8) -> torch.Tens
     scale = vae.config.scaling_factor
     shift = vae.config.shift_factor or 0.0
     out = []
-    for chunk in latents.split(slice_size):  # (s, 4, h, w)
+    for chunk in latents.split(slice_size or len(latents) or 1):  # (s, 4, h, w)
         chunk = chunk.to(device=vae.device, dtype=vae.dtype)
         out.append(vae.decode(chunk / scale + shift).sample)  # (s, 3, 8h, 8w)
     return torch.cat(out)  # (n, 3, 8h, 8w)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import re
 import time
 import traceback
 from collections import Counter, defaultdict
@@ -36,7 +35,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..config import PreprocessConfig, load_preprocess_config, to_dict
 from ..errors import InputError, LatentSyncError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, refuse_nested_folders, remove_stale_temporaries
 from .base import Item, Step, StepContext, StepResult, params_hash, safe_relative_name
 
 log = logging.getLogger(__name__)
@@ -45,9 +44,6 @@ STEP_NAMES = ("check", "resample", "shots", "segments", "align", "sync", "qualit
 STATE_DIR = "state"
 MANIFEST = "manifest.jsonl"
 SUMMARY = "summary.json"
-# Temporary files a killed run may leave behind: atomic_write's ".name.<12 hex>.ext" and VideoWriter's
-# ".name.<8 hex>.partial.ext".
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8,12}(\.partial)?(\.\w+)?$")
 
 
 # step name -> module (in this package) and class; imported only when the step is used
@@ -262,9 +258,8 @@ class Runner:
     def __init__(self, input_dir: str | Path, output_dir: str | Path, config: PreprocessConfig | None = None,
                  steps: Sequence[str] | None = None, workers: int = 1, device: str = "cpu",
                  checkpoints: str | Path | None = None, ray: str | None = None, progress: bool = True):
+        refuse_nested_folders(output_dir, input_dir)  # the output would be read as input, or the reverse
         self.input_dir, self.output_dir = Path(input_dir).resolve(), Path(output_dir).resolve()
-        if self.output_dir == self.input_dir or self.input_dir in self.output_dir.parents:
-            raise InputError(f"{output_dir}: the output folder must not be inside the input folder")
         self.config = config or load_preprocess_config()
         self.steps = build_steps(self.config, steps)
         self.workers, self.device = workers, device
@@ -299,10 +294,8 @@ class Runner:
             tmp.write_text(json.dumps(marker, indent=1))
 
     def _clean_temporaries(self) -> None:
-        """Remove half-written files a killed run left (they never carry a final name)."""
-        for path in self.output_dir.rglob(".*"):
-            if path.is_file() and _TEMPORARY.match(path.name):
-                path.unlink(missing_ok=True)
+        """Remove half-written files a killed run left (they never carry a final name; `fileio`)."""
+        remove_stale_temporaries(self.output_dir, recursive=True)
 
     def _check_weights(self) -> None:
         """Every weight file the selected steps need, before any work: one line naming all missing ones."""

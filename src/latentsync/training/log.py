@@ -8,7 +8,8 @@ import logging
 from collections import defaultdict
 from pathlib import Path
 
-from ..fileio import atomic_write
+from ..errors import InputError
+from ..fileio import atomic_write, remove_stale_temporaries
 
 log = logging.getLogger("latentsync.train")
 
@@ -26,12 +27,18 @@ class MetricsLog:
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
+        removed = remove_stale_temporaries(self.run_dir, recursive=True)  # states, exports, charts
+        if removed:
+            log.warning("%s: removed %d half-written file(s) that a stopped run left", self.run_dir, removed)
+        if self.path.exists():
+            records, torn = self._read()
+            if torn:
+                log.warning("%s: dropped its last line, cut off when the run was stopped", self.path)
             # A resumed run redoes the steps after its state: their old lines would be duplicates.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-            with atomic_write(self.path) as tmp:
-                tmp.write_text("".join(line + "\n" for line in kept))
+            kept = [r for r in records if resume_step is None or r["step"] <= resume_step]
+            if torn or len(kept) < len(records):
+                with atomic_write(self.path) as tmp:
+                    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -53,7 +60,24 @@ class MetricsLog:
     def records(self) -> list[dict]:
         if not self.path.exists():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return self._read()[0]
+
+    def _read(self) -> tuple[list[dict], bool]:
+        """The records, and whether the last line was torn (a kill during its append; it is left out). A bad
+        line elsewhere is not ours to guess at: InputError naming the file and line."""
+        lines = self.path.read_text().splitlines()
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if number == len(lines):
+                    return records, True
+                raise InputError(f"{self.path}: line {number} is not a JSON record; remove it or "
+                                 "start a new run folder") from None
+        return records, False
 
     def charts(self) -> list[Path]:
         """One PNG per metric (value against step), replaced each time; returns their paths."""

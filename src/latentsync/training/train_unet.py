@@ -108,7 +108,7 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     if cfg.run.enable_gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     (vae_path,) = layout.require("vae")
-    vae = load_vae(vae_path, device=d.device, dtype=frozen_dtype)
+    vae = load_vae(vae_path, device=d.device, dtype=frozen_dtype, slicing=True)  # decodes keep gradients
     frozen = Frozen(vae=vae)
     run = cfg.run
     if run.pixel_space_supervise:
