@@ -4,8 +4,6 @@ latent grid, and other mask images named by path."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ import torch
 
 from latentsync.errors import InputError
 from latentsync.face.mask import (
-    PUBLISHED_MASK_FILE,
     PUBLISHED_MASK_SHA256,
     latent_mask,
     load_mask_image,
@@ -22,9 +19,6 @@ from latentsync.face.mask import (
     mouth_mask_tensor,
     published_mask_image,
 )
-
-SPEC_TSV = Path(__file__).resolve().parents[2] / "shared" / "spec" / "mouth-mask.tsv"
-
 
 def regenerate_cols(mask: np.ndarray, row: int) -> np.ndarray:
     return np.flatnonzero(mask[row] < 0.5)
@@ -42,11 +36,6 @@ def test_default_mask_is_the_published_mask_png():
         np.testing.assert_array_equal(regenerate_cols(image, row), np.r_[9:78, 178:247])
     np.testing.assert_array_equal(regenerate_cols(image, 150), np.arange(11, 246))  # tapering to the chin
     assert not published_mask_image().flags.writeable
-
-
-@pytest.mark.skipif(not SPEC_TSV.is_file(), reason="the shared spec folder is beside the project only in the workplace")
-def test_shipped_data_matches_the_spec_file():
-    assert PUBLISHED_MASK_FILE.read_text() == SPEC_TSV.read_text()
 
 
 @pytest.mark.parametrize("resolution", [128, 512])
