@@ -387,7 +387,6 @@ class WhisperAudioEncoder:
         self.encoder_calls += 1
         return torch.stack(states, dim=2)[0].float().cpu()  # (1500, L+1, D)
 
-
     # ---- cache -------------------------------------------------------------------------------------------
 
     def _cache_key(self, samples: np.ndarray, window: str) -> str:

@@ -150,9 +150,8 @@ def _add_infer(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_infer(args: argparse.Namespace) -> int:
-    from .inference import LipSync, check_inputs
-
     from .face.mask import mask_image
+    from .inference import LipSync, check_inputs
 
     check_inputs(args.video, args.audio, args.out)  # before minutes of model loading
     mask_image(args.mask)

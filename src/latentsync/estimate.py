@@ -199,8 +199,9 @@ def estimate_chunk_memory(
     `unet_config`: a UNet config (name, path or object), whose `data.resolution` is the face size. `sampling`:
     `SamplingOptions` (the steps do not change the peak, so two are run). `offload`: the low-memory mode's
     placement, the VAE and Whisper in host memory while idle. `sampling.vae_slice`: frames per VAE call (0, the
-    default: the whole chunk at once, as the reference does; `choose_vae_slice` picks it as `LipSync` does). The Whisper encoder's weights count as resident unless offloaded
-    (its activations, for one 30 s window before the first chunk, are far below the UNet's)."""
+    default: the whole chunk at once, as the reference does; `choose_vae_slice` picks it as `LipSync` does).
+    The Whisper encoder's weights count as resident unless offloaded (its activations, for one 30 s window
+    before the first chunk, are far below the UNet's)."""
     from .pipeline import LipSyncPipeline, SamplingOptions
 
     sampling = sampling or SamplingOptions()

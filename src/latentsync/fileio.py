@@ -29,8 +29,6 @@ def temporary_name(path: str | os.PathLike, suffix: str = ".tmp", token_bytes: i
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -73,7 +71,8 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def refuse_overwriting_inputs(output: str | os.PathLike, inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
+def refuse_overwriting_inputs(output: str | os.PathLike,
+                              inputs: Iterable[tuple[str, str | os.PathLike | None]]) -> None:
     """InputError (one line) when `output` is the same file as one of `inputs`, given as (role, path) pairs."""
     for role, path in inputs:
         if path is not None and same_file(output, path):

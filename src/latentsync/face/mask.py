@@ -111,7 +111,7 @@ def mask_image(source: MaskSource = None) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _resized(resolution: int, path: Path | None, stamp: tuple[int, int]) -> np.ndarray:
     # `stamp` (mtime, size) makes an edited mask file a new cache entry.
-    image = published_mask_image() if path is None else load_mask_image(path)
+    image = mask_image(path)
     if image.shape[0] != resolution:  # the reference resizes even at its own size; LANCZOS4 is then exact
         image = cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)  # R R uint8
     mask = image.astype(np.float32) / KEEP
@@ -161,6 +161,4 @@ def latent_mask_of(pixel_mask: torch.Tensor) -> torch.Tensor:
 def latent_mask(resolution: int = 256, source: MaskSource = None) -> torch.Tensor:
     """The mouth mask on the VAE latent grid, `(1, R/8, R/8)` float32 (see `latent_mask_of`); at 256 the
     published mask gives a binary grid, at other resolutions a cell on an edge may carry a LANCZOS4 value."""
-    if resolution % VAE_DOWNSAMPLING:
-        raise ValueError(f"resolution {resolution} is not a multiple of {VAE_DOWNSAMPLING}")
     return latent_mask_of(mouth_mask_tensor(resolution, source=source))

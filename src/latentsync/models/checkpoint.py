@@ -221,7 +221,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -233,10 +233,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if count == 0 or (resolved.index or 0) >= count:
             raise DeviceError(f"device {device!r} is not available (this PyTorch sees {count} CUDA device(s)); "
                               f"available here: {', '.join(available_devices())}")
-    elif resolved.type == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            raise DeviceError(f"device {device!r} is not available; available here: "
-                              f"{', '.join(available_devices())}")
+    elif resolved.type == "mps" and not _mps_available():
+        raise DeviceError(f"device {device!r} is not available; available here: {', '.join(available_devices())}")
     return resolved
 
 
@@ -245,10 +243,13 @@ def available_devices() -> list[str]:
     names = ["cpu"]
     if torch.cuda.is_available():
         names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    if _mps_available():
         names.append("mps")
     return names
 
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def atomic_torch_save(obj: object, path: str | Path) -> Path:

@@ -126,9 +126,9 @@ def encode_frames(
     A posterior sample by default, as LatentSync encodes both the masked and the reference frames (spec 2.2);
     `generator` makes it reproducible. With a CPU generator the slice size does not change the latents (the
     draws are taken slice by slice in order, and each slice's count is a multiple of 16, so torch's CPU normal
-    sampler gives the same numbers as one draw for all frames). `sample=False` gives the posterior mean. Inputs of any dtype/device are
-    cast to the VAE's; the latents are returned in the VAE's dtype on its device. No autograd context is
-    imposed: wrap the call in `torch.no_grad()` when no gradient is needed.
+    sampler gives the same numbers as one draw for all frames). `sample=False` gives the posterior mean. Inputs
+    of any dtype/device are cast to the VAE's; the latents are returned in the VAE's dtype on its device. No
+    autograd context is imposed: wrap the call in `torch.no_grad()` when no gradient is needed.
     """
     _check_pixels(pixels)
     scale = vae.config.scaling_factor
@@ -145,9 +145,10 @@ def encode_frames(
 def decode_frames(vae, latents: torch.Tensor, slice_size: int | None = None) -> torch.Tensor:
     """Scaled latents (n, 4, h, w) -> frames (n, 3, 8h, 8w), roughly in [-1, 1] but not clamped.
 
-    Decodes `slice_size` frames per VAE call (None: all at once). Latents of any dtype/device are cast to the VAE's; the frames are
-    returned in the VAE's dtype on its device. Gradients flow to `latents` (pixel-space training losses decode
-    predicted latents), so callers that need none wrap the call in `torch.no_grad()`. Callers clamp.
+    Decodes `slice_size` frames per VAE call (None: all at once). Latents of any dtype/device are cast to the
+    VAE's; the frames are returned in the VAE's dtype on its device. Gradients flow to `latents` (pixel-space
+    training losses decode predicted latents), so callers that need none wrap the call in `torch.no_grad()`.
+    Callers clamp.
     """
     if latents.ndim != 4:
         raise ValueError(f"expected latents of shape (n, c, h, w), got {tuple(latents.shape)}")
