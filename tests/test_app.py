@@ -4,6 +4,7 @@ the page itself in headless Chromium driven by Playwright (upload, run, a playab
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -304,7 +305,8 @@ def test_the_server_serves_nothing_but_its_own_files(server, work, checkpoints, 
     secret = work / "secret.txt"
     secret.write_text("TOP SECRET")
     here = Path.cwd() / "pyproject.toml"
-    for path in (secret, here, checkpoints / "latentsync_unet.pt", Path("/etc/passwd")):
+    for path in (secret, here, checkpoints / "latentsync_unet.pt", Path("/etc/passwd"), "/files/../secret.txt",
+                 "/files/%2E%2E/secret.txt"):
         response = httpx.get(f"{url}/gradio_api/file={path}")
         assert response.status_code in (403, 404), path
         assert "TOP SECRET" not in response.text and "[project]" not in response.text
@@ -319,6 +321,48 @@ def test_the_server_serves_nothing_but_its_own_files(server, work, checkpoints, 
     stream = httpx.get(f"{url}/gradio_api/call/lipsync/{event['event_id']}", timeout=60).text
     assert "event: error" in stream and "event: complete" not in stream
     assert len(service.intervals) == before  # no job ran on them
+
+
+def test_clients_never_see_the_server_folders_and_results_are_stored_once(server, work, media):
+    """Pages, API answers, uploads, results and errors name files only under `/files`, never where the server
+    keeps them; `/files` paths work in requests; the result exists once, in Gradio's cache."""
+    _, service, url = server
+    cache = work / "gradio-cache"
+    hidden = (str(cache), str(service.root), str(work))
+
+    def shows_no_folder(text: str) -> str:
+        assert not any(folder in text for folder in hidden), text[:2000]
+        return text
+
+    for route in ("/", "/config", "/gradio_api/info"):
+        shows_no_folder(httpx.get(f"{url}{route}", timeout=30).text)
+    uploaded = httpx.post(f"{url}/gradio_api/upload", timeout=60, files=[
+        ("files", (path.name, path.read_bytes())) for path in (media["clip"], media["speech"])]).json()
+    shows_no_folder(str(uploaded))
+    assert all(p.startswith("/files/") for p in uploaded)
+
+    def run(*paths) -> str:
+        data = [{"path": p, "meta": {"_type": "gradio.FileData"}} for p in paths]
+        event = httpx.post(f"{url}/gradio_api/call/lipsync",
+                           json={"data": [*data, 2, 1.5, 1247, "largest", "standard", "ddim", False]}).json()
+        return shows_no_folder(httpx.get(f"{url}/gradio_api/call/lipsync/{event['event_id']}", timeout=300).text)
+
+    results_before = {p for p in cache.rglob("*_lipsync.mp4")}
+    stream = run(*uploaded)
+    assert "event: complete" in stream, stream
+    (output, _) = json.loads(stream.split("data: ", 1)[1])
+    assert output["path"].startswith("/files/") and output["url"].endswith(output["path"])
+    video = httpx.get(output["url"], timeout=60)
+    assert video.status_code == 200 and video.content[4:8] == b"ftyp"
+    # One copy: the result in Gradio's cache, nothing left in the service's folders.
+    (stored,) = {p for p in cache.rglob("*_lipsync.mp4")} - results_before
+    assert stored.read_bytes() == video.content
+    assert not any((service.root / "results").iterdir()) and not any((service.root / "jobs").iterdir())
+
+    # Errors do not show them either: a bad upload, and a path out of `/files` that Gradio refuses.
+    broken = httpx.post(f"{url}/gradio_api/upload", files={"files": ("b.mp4", media["broken"].read_bytes())}).json()
+    assert "event: error" in run(broken[0], uploaded[1])
+    assert "event: complete" not in run("/files/../secret.txt", uploaded[1])
 
 
 def test_the_server_listens_on_localhost_without_a_share_link(server):

@@ -5,12 +5,15 @@
 
 Unlike the reference's demo, the models load once, when the server starts, and stay loaded; requests wait in
 Gradio's queue and at most `concurrency` run at once; each request works in a folder of its own, removed when it
-ends (its result is handed to Gradio, which serves it from its cache and deletes it after `keep_minutes`).
+ends (its result is moved into Gradio's cache, the one copy, which Gradio serves and deletes after
+`keep_minutes`).
 Errors a user can cause (no face, an unreadable file, no audio, too long, too large) come back as the CLI's
 one-line message, naming the uploaded file by its name, and the server carries on.
 
 The server binds to 127.0.0.1 unless told otherwise and never opens a public share link. Gradio serves only
 files it created or received (uploads, results, examples): a path sent by a client cannot read anything else.
+Clients never see where the server keeps them: `HiddenFolder` shows the cache folder as `/files` in every page,
+API answer and error, and maps it back in their requests.
 
 `LipSyncService` is the part without Gradio (limits, folders, options); `build_app` lays out the page over it.
 """
@@ -18,6 +21,7 @@ files it created or received (uploads, results, examples): a path sent by a clie
 from __future__ import annotations
 
 import logging
+import json
 import os
 import shutil
 import signal
@@ -29,6 +33,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
+from urllib.parse import quote
 
 from .errors import InputError, LatentSyncError
 from .inference import InferenceOptions, InferenceResult, LipSync
@@ -57,7 +62,7 @@ FACES = {
     "3rd from the left": 2,
     "4th from the left": 3,
 }
-RESULTS_SWEEP_S = 300  # results handed to Gradio are removed from our folder after this (Gradio has a copy)
+PUBLIC_FOLDER = "/files"  # the name clients see for the folder where the server keeps uploads and results
 
 
 @dataclass
@@ -105,25 +110,25 @@ class LipSyncService:
         return self._lipsync
 
     def run(self, video: str | Path | None, audio: str | Path | None, options: InferenceOptions,
-            progress: Callable[[str, int, int], None] | None = None) -> tuple[Path, InferenceResult]:
-        """Lip-sync one request; returns the result's path (under `root/results`) and the job's summary.
-        Raises LatentSyncError with the message for the page."""
+            progress: Callable[[str, int, int], None] | None = None,
+            results: str | Path | None = None) -> tuple[Path, InferenceResult]:
+        """Lip-sync one request; returns the result's path (in a folder of its own under `results`, by default
+        `root/results`) and the job's summary. Raises LatentSyncError with the message for the page."""
         if not video:
             raise InputError("no video: upload a video with a face")
         if not audio:
             raise InputError("no audio: upload or record a speech track")
         video, audio = Path(video), Path(audio)
         self._check_duration(video, audio)
-        self._sweep()
         job = self.root / "jobs" / uuid.uuid4().hex
         job.mkdir()
         try:
             out = job / f"{_safe_stem(video)}_lipsync.mp4"
             result = self.lipsync.run(video, audio, out, options, progress=progress or False)
-            kept = self.root / "results" / job.name
-            kept.mkdir()
+            kept = Path(results or self.root / "results") / job.name
+            kept.mkdir(parents=True)
             final = kept / out.name
-            out.replace(final)
+            shutil.move(out, final)  # a rename, unless `results` is on another file system
             result.output = final
             return final, result
         finally:
@@ -141,16 +146,6 @@ class LipSyncService:
                     raise InputError(f"{path}: the {what} lasts {length:.0f} s, longer than this server's "
                                      f"limit of {limit:.0f} s")
 
-    def _sweep(self) -> None:
-        """Remove results handed to Gradio more than a few minutes ago (it serves its own copy)."""
-        cutoff = time.time() - RESULTS_SWEEP_S
-        for folder in (self.root / "results").iterdir():
-            try:
-                if folder.stat().st_mtime < cutoff:
-                    shutil.rmtree(folder, ignore_errors=True)
-            except FileNotFoundError:  # another request swept it
-                pass
-
     def close(self) -> None:
         if self._owns_root:
             shutil.rmtree(self.root, ignore_errors=True)
@@ -163,6 +158,113 @@ def public_message(error: BaseException, *uploads: str | Path | None) -> str:
         if path:
             message = message.replace(str(path), Path(path).name)
     return message
+
+
+class HiddenFolder:
+    """ASGI middleware that keeps a server folder's location from clients: in answers that are text (pages,
+    JSON, event streams) the folder's path is replaced by `public`, and in requests (`file=` routes, JSON
+    bodies) `public` is mapped back, so Gradio still works with its own paths. Whatever a client sends, Gradio's
+    own checks still decide what is served."""
+
+    def __init__(self, app, folder: str | Path, public: str = PUBLIC_FOLDER):
+        self.app = app
+        real = os.path.abspath(folder)  # Gradio's own form of its cache paths (absolute, links kept)
+        self.public = public
+        self.real = real
+        # The folder as it appears in answers: plain, JSON-escaped, URL-quoted.
+        forms = {real, json.dumps(real)[1:-1], quote(real, safe="/")}
+        self.outgoing = [(f"{form}/".encode(), f"{public}/".encode()) for form in sorted(forms, key=len, reverse=True)]
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        scope = dict(scope)
+        marker = f"file={self.public}/"
+        if marker in scope["path"]:
+            scope["path"] = scope["path"].replace(marker, f"file={self.real}/")
+            scope["raw_path"] = scope["raw_path"].replace(quote(marker, safe="/=").encode(),
+                                                          quote(f"file={self.real}/", safe="/=").encode())
+        if _header(scope["headers"], b"content-type").startswith(b"application/json"):
+            receive = await self._mapped_body(scope, receive)
+        await self.app(scope, receive, self._hiding(send))
+
+    async def _mapped_body(self, scope, receive):
+        """The JSON body read whole, with `public` paths mapped back; `receive` replays it."""
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return _replay([message], receive)
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            body = json.dumps(self._map_back(json.loads(body))).encode()
+        except (ValueError, UnicodeDecodeError):
+            pass  # not JSON after all: Gradio answers it as it would
+        scope["headers"] = [(k, v) for k, v in scope["headers"] if k != b"content-length"] + [
+            (b"content-length", str(len(body)).encode())]
+        return _replay([{"type": "http.request", "body": body, "more_body": False}], receive)
+
+    def _map_back(self, value):
+        if isinstance(value, str):
+            if value.startswith(f"{self.public}/"):
+                return self.real + value[len(self.public):]
+            return value.replace(f"file={self.public}/", f"file={quote(self.real, safe='/')}/")
+        if isinstance(value, list):
+            return [self._map_back(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self._map_back(v) for k, v in value.items()}
+        return value
+
+    def _hide(self, body: bytes) -> bytes:
+        for form, public in self.outgoing:
+            body = body.replace(form, public)
+        return body
+
+    def _hiding(self, send):
+        """`send` with the folder hidden in text answers: one with a length is gathered and sent whole with its
+        new length; a stream (Gradio's events, a message each) is rewritten message by message."""
+        state = {"start": None, "hide": False, "chunks": []}
+
+        async def hiding_send(message):
+            if message["type"] == "http.response.start":
+                headers = message.get("headers", [])
+                kind = _header(headers, b"content-type")
+                state["hide"] = (kind.startswith((b"text/", b"application/json"))
+                                 and not _header(headers, b"content-encoding"))
+                if state["hide"] and _header(headers, b"content-length"):
+                    state["start"] = message  # sent with the body, once its new length is known
+                    return
+                return await send(message)
+            if message["type"] != "http.response.body" or not state["hide"]:
+                return await send(message)
+            if state["start"] is None:  # a stream
+                return await send({**message, "body": self._hide(message.get("body", b""))})
+            state["chunks"].append(message.get("body", b""))
+            if message.get("more_body", False):
+                return
+            body = self._hide(b"".join(state["chunks"]))
+            start = state["start"]
+            headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+            await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
+
+        return hiding_send
+
+
+def _header(headers, name: bytes) -> bytes:
+    return next((v.lower() for k, v in headers if k.lower() == name), b"")
+
+
+def _replay(messages, then):
+    """A `receive` that gives `messages`, then passes on to `then` (which tells of the client going away)."""
+    pending = list(messages)
+
+    async def receive():
+        return pending.pop(0) if pending else await then()
+
+    return receive
 
 
 def _safe_stem(path: Path) -> str:
@@ -205,7 +307,8 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
 
         t0 = time.perf_counter()
         try:
-            out, result = service.run(video, audio, options, progress=report)
+            # Straight into Gradio's cache, so that the result is stored once.
+            out, result = service.run(video, audio, options, progress=report, results=result_video.GRADIO_CACHE)
         except LatentSyncError as e:
             raise gr.Error(public_message(e, video, audio), duration=None, print_exception=False) from None
         except Exception as e:  # a bug: keep serving, keep the traceback in the server's log
@@ -245,12 +348,13 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
                                             elem_id="deepcache")
                 run = gr.Button("Lip sync", variant="primary", elem_id="run-button")
             with gr.Column():
-                result = gr.Video(label="Result", interactive=False, buttons=["download"], elem_id="result-video")
+                result_video = gr.Video(label="Result", interactive=False, buttons=["download"],
+                                        elem_id="result-video")
                 status = gr.Markdown(elem_id="status")
         if examples:
             gr.Examples(examples=examples, inputs=[video_in, audio_in], label="Example (the demo clip)")
         run.click(lipsync, inputs=[video_in, audio_in, steps, guidance, seed, face, quality, scheduler, deepcache],
-                  outputs=[result, status], api_name="lipsync", concurrency_limit=settings.concurrency)
+                  outputs=[result_video, status], api_name="lipsync", concurrency_limit=settings.concurrency)
     app.queue(max_size=settings.queue_size, default_concurrency_limit=settings.concurrency)
     return app
 
@@ -258,12 +362,16 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
 def launch(app, settings: AppSettings, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT, *,
            quiet: bool = False, blocked_paths: list[str | Path] = ()):
     """Start serving `app` on host:port (never a public share link) and return at once; the caller stops it with
-    `app.close()`. `blocked_paths` are never served, whatever else allows them."""
+    `app.close()`. `blocked_paths` are never served, whatever else allows them. Clients see Gradio's cache folder
+    only as `/files` (`HiddenFolder`)."""
+    from starlette.middleware import Middleware
+
     try:
         app.launch(server_name=host, server_port=port, share=False, inbrowser=False, ssr_mode=False,
                    max_file_size=f"{settings.max_upload_mb:g}mb", prevent_thread_lock=True, quiet=quiet,
                    show_error=False, footer_links=["api"],
-                   blocked_paths=[str(Path(p).resolve()) for p in blocked_paths] or None)
+                   blocked_paths=[str(Path(p).resolve()) for p in blocked_paths] or None,
+                   app_kwargs={"middleware": [Middleware(HiddenFolder, folder=app.GRADIO_CACHE)]})
     except OSError as e:
         if "empty port" in str(e):  # Gradio's words for a port that is taken
             raise LatentSyncError(f"cannot serve on {host}:{port}: the port is in use (choose another with "
