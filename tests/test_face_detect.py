@@ -25,6 +25,7 @@ from latentsync import cli
 from latentsync.errors import CheckpointError, ConfigError, InputError
 from latentsync.face import Face
 from latentsync.face.detect import (
+    MIN_FACE_SCORE,
     SCENE_CUT_THRESHOLD,
     FaceTracker,
     InsightFaceBackend,
@@ -259,15 +260,17 @@ def test_mediapipe_points_mirror_with_the_image(portrait):
     np.testing.assert_allclose(mirrored.points, expected, atol=3)
 
 
-def test_mediapipe_video_mode_tracks_and_resets(portrait):
-    """In video mode the second frame's landmarks come from the tracked region, not a fresh detection (so they
-    differ slightly on the same image); reset() starts over. Static mode repeats itself."""
-    with MediapipeBackend(video=True) as backend:
+def test_mediapipe_whole_frame_video_mode_tracks_and_resets(portrait):
+    """The former backend (`full_range=False`): in video mode the second frame's landmarks come from the tracked
+    region, not a fresh detection (so they differ slightly on the same image); reset() starts over. Static mode
+    repeats itself."""
+    with MediapipeBackend(video=True, full_range=False) as backend:
+        assert not callable(getattr(backend, "refine", None))  # it tracks on its own
         first = backend.detect(portrait)
         second = backend.detect(portrait)
         backend.reset()
         third = backend.detect(portrait)
-    with MediapipeBackend(video=False) as backend:
+    with MediapipeBackend(video=False, full_range=False) as backend:
         static = [backend.detect(portrait) for _ in range(2)]
     assert len(first) == len(second) == len(third) == 1
     assert not np.array_equal(second[0].landmarks, first[0].landmarks)
@@ -275,6 +278,21 @@ def test_mediapipe_video_mode_tracks_and_resets(portrait):
     np.testing.assert_array_equal(third[0].landmarks, first[0].landmarks)
     np.testing.assert_array_equal(static[1][0].landmarks, static[0][0].landmarks)
     np.testing.assert_array_equal(static[0][0].landmarks, first[0].landmarks)
+
+
+def test_mediapipe_full_range_is_repeatable_and_refines_in_a_predicted_box(portrait):
+    """The default path gives the same landmarks for the same frame (video or not: nothing is tracked inside
+    mediapipe), with the detector's score; `refine` finds the face from a box moved off it and agrees with
+    detection to a pixel or two, and finds nothing in an empty frame."""
+    with MediapipeBackend(video=True) as backend:
+        (a,), (b,) = backend.detect(portrait), backend.detect(portrait)
+        np.testing.assert_array_equal(a.landmarks, b.landmarks)
+        assert MIN_FACE_SCORE < a.score < 1.0
+        hint = make_face(*(a.box + np.array([12, -9, 12, -9])), score=0.77)
+        refined = backend.refine(portrait, hint)
+        assert refined.score == 0.77
+        np.testing.assert_allclose(refined.points, a.points, atol=2)
+        assert backend.refine(np.zeros_like(portrait), hint) is None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -122,6 +122,65 @@ def make_talking_clip(path: str | Path, seconds: float = 3.0, fps: float = DEMO_
     return Path(path)
 
 
+# The portrait's face box as the face mesh finds it in the full image (x1, y1, x2, y2, px): `place_portrait` sizes
+# and places pasted copies by it.
+PORTRAIT_FACE_BOX = (162.0, 121.0, 366.0, 343.0)
+
+
+@dataclasses.dataclass
+class Placement:
+    """A copy of the portrait in a wide shot: its face `width` px wide, centred at (x, y) px of the frame at
+    time 0 and drifting by (dx, dy) px per second; `mirror` flips it (a different-looking neighbour)."""
+
+    width: float
+    x: float
+    y: float
+    dx: float = 0.0
+    dy: float = 0.0
+    mirror: bool = False
+
+
+def wide_shot_frame(size: tuple[int, int], placements: list[Placement], t: float = 0.0
+                    ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A (h, w, 3) RGB frame of `size` (w, h): a plain backdrop with the portrait pasted as `placements` say at
+    time `t` s, and for each copy the (2, 3) affine from portrait pixels to frame pixels (where its face is)."""
+    import cv2
+
+    w, h = size
+    portrait = load_portrait()
+    ys, xs = np.mgrid[:h, :w]
+    frame = np.stack([70 + 40 * xs / w, 80 + 30 * ys / h, 90 + 20 * (xs + ys) / (w + h)], -1).astype(np.uint8)
+    fx1, fy1, fx2, fy2 = PORTRAIT_FACE_BOX
+    transforms = []
+    for place in placements:
+        image = portrait[:, ::-1] if place.mirror else portrait
+        face_cx = portrait.shape[1] - (fx1 + fx2) / 2 if place.mirror else (fx1 + fx2) / 2
+        scale = place.width / (fx2 - fx1)
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        sx, sy = small.shape[1] / image.shape[1], small.shape[0] / image.shape[0]
+        left = int(round(place.x + place.dx * t - face_cx * sx))
+        top = int(round(place.y + place.dy * t - (fy1 + fy2) / 2 * sy))
+        x0, y0 = max(left, 0), max(top, 0)
+        x1, y1 = min(left + small.shape[1], w), min(top + small.shape[0], h)
+        if x1 > x0 and y1 > y0:
+            frame[y0:y1, x0:x1] = small[y0 - top:y1 - top, x0 - left:x1 - left]
+        flip = np.array([[-1.0, 0, image.shape[1]], [0, 1, 0], [0, 0, 1]]) if place.mirror else np.eye(3)
+        transforms.append((np.array([[sx, 0, left], [0, sy, top]]) @ flip)[:2])
+    return frame, transforms
+
+
+def make_wide_shot_clip(path: str | Path, size: tuple[int, int], placements: list[Placement],
+                        seconds: float = 2.0, fps: float = DEMO_FPS) -> tuple[Path, list[list[np.ndarray]]]:
+    """An H.264 clip of `wide_shot_frame`s; returns the path and each frame's portrait-to-frame affines."""
+    transforms = []
+    with VideoWriter(path, size[0], size[1], fps=fps) as writer:
+        for i in range(int(round(seconds * fps))):
+            frame, placed = wide_shot_frame(size, placements, i / fps)
+            writer.write(frame)
+            transforms.append(placed)
+    return Path(path), transforms
+
+
 def write_demo_media(folder: str | Path, seconds: float = 3.0) -> tuple[Path, Path]:
     """The demo clip `folder/portrait.mp4` and its speech `folder/speech.wav`; returns (video, audio)."""
     folder = Path(folder)

@@ -9,8 +9,10 @@ Backends (both implement `latentsync.face.FaceBackend`; frames are RGB uint8 `(h
   InsightFace expects BGR and swaps the channels itself (`cv2.dnn.blobFromImage(..., swapRB=True)`), so the
   networks see the frame in BGR order. We apply InsightFace's preprocessing to the array as given, so the
   landmarks are those the published models were trained against (spec 12).
-* `MediapipeBackend`: mediapipe's 468-point face mesh, whose models ship inside the mediapipe wheel, so it works
-  with no downloaded file. Its landmarks are mapped onto the same three alignment points.
+* `MediapipeBackend`: mediapipe's full-range face detector (on the frame and on tiles of it, for small faces in
+  wide shots) and its 468-point face mesh on an enlarged crop around each face; the models ship inside the
+  mediapipe wheel, so it works with no downloaded file. Its landmarks are mapped onto the same three alignment
+  points.
 
 Facts taken from InsightFace 0.7.x (github.com/deepinsight/insightface, `python-package/insightface/`):
 `model_zoo/scrfd.py` (preprocessing, strides, anchors, decoding, NMS), `model_zoo/landmark.py` (crop, input
@@ -23,6 +25,7 @@ are what `FaceAnalysis` prints when it loads `buffalo_l`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
@@ -43,6 +46,10 @@ MIN_FACE_HEIGHT = 80  # px, box height
 MIN_ASPECT = 0.2  # box width / height
 MAX_ASPECT = 1.5
 MIN_FACE_SCORE = 0.5
+# Inference accepts smaller faces than the reference's filter (whose 50 x 80 px minimum is meant for training
+# data): a face's box from this many px on each side is synced (40 px faces of wide shots have boxes of about
+# 40 x 48). Below it the landmarks are too coarse for a steady crop.
+MIN_SYNC_FACE = 24
 
 # Indices into the 2d106 layout: the mean of each group is one alignment point, in this order.
 BROW_A_106 = (43, 48, 49, 51, 50)  # the brow on the image's left of an upright face (template x = 17)
@@ -90,6 +97,28 @@ MESH_NUM_LANDMARKS = 468  # without the iris points (refine_landmarks=False)
 MESH_BOX_MARGIN = 0.05
 MESH_MIN_DETECTION_CONFIDENCE = 0.5
 MESH_MIN_TRACKING_CONFIDENCE = 0.5  # mediapipe's default
+# Small faces. The face mesh's own detector is mediapipe's short-range model (a 128 px input, for faces that
+# fill much of a selfie): on a whole 720p frame it misses faces under about 150 px. The full-range detector
+# (`FaceDetection(model_selection=1)`, a 192 px input) finds a face reliably from about 16 px of its input, so
+# on the whole frame from about 16/192 of the frame's longer side (160 px at 1080p). It also runs on square
+# tiles of `DETECT_TILE` px, which find faces from about 12-16 px of the input (32-43 px of the tile: in
+# `bench/face_detect.py` every 40 px face and nearly every 32 px one) and overlap by the largest face the
+# whole-frame pass may miss (times 1.3, a face's height over its width), so such a face lies wholly inside one.
+# A tile's detection that touches one of its inner edges is a cut face (the neighbouring tile has all of it).
+# Tiles of 448 px cost 1.8x the time at 1080p (32 tiles, not 15) and find no more 32-40 px faces.
+FULL_RANGE_INPUT = 192
+FULL_RANGE_MIN_FACE = 16  # px of the detector's input
+DETECT_TILE = 512
+TILE_EDGE = 2.0  # px: a box this close to a tile's inner edge is cut by it
+DETECT_NMS_IOU = 0.3  # detections of one face from the frame and from tiles
+# The face mesh runs on a square crop of MESH_CROP_MARGIN x the box's longer side around its centre, resampled
+# to MESH_CROP_SIZE px: the face fills half of it whatever its size in the frame, as the mesh's own detector
+# and landmark model (192 px) expect; small faces are enlarged (bilinear), large ones reduced (area).
+MESH_CROP_SIZE = 256
+MESH_CROP_MARGIN = 2.0
+MESH_MAX_FACES_PER_CROP = 3  # neighbours in a group shot may enter a crop: the mesh nearest its centre is kept
+SAME_FACE_IOU = 0.5  # two meshes whose boxes overlap this much are one face found twice
+DEFAULT_MAX_FACES = 8
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tracking.
@@ -267,12 +296,14 @@ class ScrfdDetector:
 
     `detect(frame)` letterboxes the frame into `det_size` x `det_size` (aspect kept, top-left aligned, zero
     fill, `cv2.resize` bilinear), normalises it, decodes every stride's anchors (centre + distances x stride)
-    above `DET_SCORE_THRESHOLD`, maps them back by the letterbox scale and keeps the NMS survivors (IoU
+    above `threshold` (InsightFace's `DET_SCORE_THRESHOLD` by default), maps them back by the letterbox scale and keeps the NMS survivors (IoU
     `NMS_IOU_THRESHOLD`, InsightFace's +1 pixel areas), highest score first.
     """
 
-    def __init__(self, path: PathLike, det_size: int = DEFAULT_DET_SIZE, providers: Sequence[str] | None = None):
+    def __init__(self, path: PathLike, det_size: int = DEFAULT_DET_SIZE, providers: Sequence[str] | None = None,
+                 threshold: float = DET_SCORE_THRESHOLD):
         self.path = Path(path)
+        self.threshold = check_threshold(threshold)
         self.session = _session(path, providers)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4 or len(outputs) not in SCRFD_LAYOUTS:
@@ -334,7 +365,7 @@ class ScrfdDetector:
             scores = outs[i]  # (k, 1)
             dist = outs[i + n] * stride  # (k, 4) left, top, right, bottom
             centers = self._anchor_centers(in_h // stride, in_w // stride, stride)  # (k, 2)
-            keep = np.where(scores >= DET_SCORE_THRESHOLD)[0]
+            keep = np.where(scores >= self.threshold)[0]
             boxes = np.stack([centers[:, 0] - dist[:, 0], centers[:, 1] - dist[:, 1],
                               centers[:, 0] + dist[:, 2], centers[:, 1] + dist[:, 3]], axis=-1)
             scores_all.append(scores[keep].reshape(-1, 1))
@@ -437,14 +468,14 @@ class InsightFaceBackend:
 
     `detect(frame)` returns every face SCRFD keeps (highest score first) with its 106 landmarks and the
     reference's three alignment points. `providers`: onnxruntime execution providers (default: CUDA when
-    onnxruntime has it, else CPU).
+    onnxruntime has it, else CPU). `threshold`: SCRFD's score threshold (the reference's 0.5).
     """
 
     name = "insightface"
 
     def __init__(self, detector_path: PathLike, landmark_path: PathLike, det_size: int = DEFAULT_DET_SIZE,
-                 providers: Sequence[str] | None = None):
-        self.detector = ScrfdDetector(detector_path, det_size=det_size, providers=providers)
+                 providers: Sequence[str] | None = None, threshold: float = DET_SCORE_THRESHOLD):
+        self.detector = ScrfdDetector(detector_path, det_size=det_size, providers=providers, threshold=threshold)
         self.landmarker = Landmark106(landmark_path, providers=providers)
 
     def detect(self, frame: np.ndarray) -> list[Face]:
@@ -505,16 +536,23 @@ def mesh_box(mesh: np.ndarray) -> np.ndarray:
 
 
 class MediapipeBackend:
-    """mediapipe's face mesh (468 points), the backend that needs no downloaded file.
+    """mediapipe's face detection and face mesh (468 points), the backend that needs no downloaded file.
 
-    `video=True` runs mediapipe in tracking mode (`static_image_mode=False`): consecutive calls are frames of
-    one video and landmarks are tracked between them; call `reset()` between videos. The three alignment
-    points are the mesh points listed below, at the same anatomical places as the 2d106
-    points the reference uses. `box`: the mesh extent grown by `MESH_BOX_MARGIN` on every side. `score`: 1.0,
-    because the face mesh reports no confidence; every face it returns passed its detector at
-    `MESH_MIN_DETECTION_CONFIDENCE` (= the reference's 0.5).
+    By default (`full_range=True`) faces are found by mediapipe's full-range detector, on the whole frame and on
+    overlapping tiles of it (`DETECT_TILE`), so faces from about 40 px wide are found in 720p and 1080p frames;
+    the face mesh then runs on an enlarged crop around each face (`MESH_CROP_SIZE`) and its landmarks are
+    mapped back to the frame. `score` is the detector's confidence; `threshold` (the reference's 0.5) is the
+    least the detectors accept. `refine(frame, face)` runs the mesh alone in a box predicted from earlier frames,
+    so `FaceTracker(detect_every=N)` follows a face between detections, as with InsightFace.
 
-    Use as a context manager or call `close()` to stop mediapipe's graph.
+    `full_range=False` is the former backend: the face mesh on the whole frame, with its own short-range
+    detector (faces that fill much of the frame; it misses those under about a fifth of a 720p frame's width),
+    in tracking mode when `video` (consecutive calls are frames of one video: call `reset()` between videos), and
+    a score of 1.0 (the mesh reports none).
+
+    `box`: the mesh extent grown by `MESH_BOX_MARGIN` on every side. The three alignment points are the mesh
+    points listed below, at the same anatomical places as the 2d106 points the reference uses. Use as a context
+    manager or call `close()` to stop mediapipe's graphs.
 
     Which 2d106 points the reference uses, and the mesh points standing in for them:
 
@@ -554,36 +592,134 @@ class MediapipeBackend:
 
     name = "mediapipe"
 
-    def __init__(self, max_faces: int = 4, video: bool = True):
+    def __init__(self, max_faces: int = DEFAULT_MAX_FACES, video: bool = True, full_range: bool = True,
+                 threshold: float = MESH_MIN_DETECTION_CONFIDENCE, tile: int = DETECT_TILE):
         try:
-            from mediapipe.python.solutions import face_mesh
+            from mediapipe.python.solutions import face_detection, face_mesh
         except ImportError as e:
             raise LatentSyncError(f"the mediapipe face backend needs mediapipe 0.10.21 ({e})") from e
         self.max_faces = max_faces
         self.video = video
+        self.full_range = full_range
+        self.threshold = check_threshold(threshold)
+        self.tile = int(tile)
+        self._detector = None
+        if full_range:
+            self._detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=self.threshold)
         self._mesh = face_mesh.FaceMesh(
-            static_image_mode=not video,
-            max_num_faces=max_faces,
+            static_image_mode=full_range or not video,  # crops move from frame to frame: nothing to track
+            max_num_faces=MESH_MAX_FACES_PER_CROP if full_range else max_faces,
             refine_landmarks=False,
-            min_detection_confidence=MESH_MIN_DETECTION_CONFIDENCE,
+            min_detection_confidence=self.threshold,
             min_tracking_confidence=MESH_MIN_TRACKING_CONFIDENCE,
         )
+        if not full_range:
+            self.refine = None  # the mesh tracks on its own in video mode
 
-    def detect(self, frame: np.ndarray) -> list[Face]:
-        """All faces in an RGB uint8 frame (h, w, 3)."""
+    def _check_open(self, frame: np.ndarray) -> np.ndarray:
         frame = _check_frame(frame)
         if self._mesh is None:
             raise RuntimeError("MediapipeBackend is closed")
-        h, w = frame.shape[:2]
-        result = self._mesh.process(np.ascontiguousarray(frame))
-        faces = []
-        for face_landmarks in result.multi_face_landmarks or []:
-            # mediapipe reports x, y normalised by the image width and height.
-            mesh = np.array([(p.x, p.y) for p in face_landmarks.landmark[:MESH_NUM_LANDMARKS]],
-                            dtype=np.float32) * np.array([w, h], dtype=np.float32)  # (468, 2)
-            faces.append(Face(box=mesh_box(mesh), score=1.0, landmarks=mesh,
-                              points=mesh_alignment_points(mesh)))
+        return frame
+
+    def _meshes(self, image: np.ndarray) -> list[np.ndarray]:
+        """Every face mesh (468, 2) float32 the face mesh finds in `image`, in its pixels."""
+        h, w = image.shape[:2]
+        result = self._mesh.process(np.ascontiguousarray(image))
+        # mediapipe reports x, y normalised by the image width and height.
+        scale = np.array([w, h], dtype=np.float32)
+        return [np.array([(p.x, p.y) for p in found.landmark[:MESH_NUM_LANDMARKS]], dtype=np.float32) * scale
+                for found in result.multi_face_landmarks or []]
+
+    def _face(self, mesh: np.ndarray, score: float) -> Face:
+        return Face(box=mesh_box(mesh), score=score, landmarks=mesh, points=mesh_alignment_points(mesh))
+
+    def detect(self, frame: np.ndarray) -> list[Face]:
+        """All faces in an RGB uint8 frame (h, w, 3), highest detection score first."""
+        frame = self._check_open(frame)
+        if not self.full_range:
+            return [self._face(mesh, 1.0) for mesh in self._meshes(frame)]
+        faces: list[Face] = []
+        for box, score in zip(*self.find_boxes(frame)):
+            mesh = self._mesh_in(frame, box)
+            if mesh is None:
+                continue
+            face = self._face(mesh, float(score))
+            if all(iou(face.box, other.box) < SAME_FACE_IOU for other in faces):
+                faces.append(face)
+            if len(faces) == self.max_faces:
+                break
         return faces
+
+    def find_boxes(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The full-range detector's boxes (n, 4) float32 and scores (n,), on the frame and its tiles, one box
+        per face (NMS), highest score first."""
+        h, w = frame.shape[:2]
+        found = [self._detections(frame, 0, 0, inner=())]
+        smallest_whole = FULL_RANGE_MIN_FACE / FULL_RANGE_INPUT * max(h, w)
+        if smallest_whole > FULL_RANGE_MIN_FACE / FULL_RANGE_INPUT * self.tile * 1.5:  # tiles find smaller faces
+            overlap = min(self.tile // 2, int(np.ceil(smallest_whole * 1.3)))  # a face's height over its width
+            for y0 in _tile_starts(h, self.tile, overlap):
+                for x0 in _tile_starts(w, self.tile, overlap):
+                    tile = frame[y0:y0 + self.tile, x0:x0 + self.tile]
+                    inner = [side for side, cut in (("left", x0 > 0), ("top", y0 > 0),
+                                                    ("right", x0 + self.tile < w), ("bottom", y0 + self.tile < h))
+                             if cut]
+                    found.append(self._detections(tile, x0, y0, inner))
+        dets = np.concatenate(found) if found else np.zeros((0, 5), np.float32)
+        if not len(dets):
+            return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
+        dets = dets[nms(dets, DETECT_NMS_IOU)]
+        return dets[:, :4], dets[:, 4]
+
+    def _detections(self, image: np.ndarray, x0: int, y0: int, inner: Sequence[str]) -> np.ndarray:
+        """The detector's (n, 5) x1 y1 x2 y2 score in frame pixels for `image` at (x0, y0) of the frame, without
+        boxes cut by one of its `inner` edges."""
+        h, w = image.shape[:2]
+        result = self._detector.process(np.ascontiguousarray(image))
+        rows = []
+        for detection in result.detections or []:
+            b = detection.location_data.relative_bounding_box
+            x1, y1, x2, y2 = b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h
+            cut = (("left" in inner and x1 <= TILE_EDGE) or ("top" in inner and y1 <= TILE_EDGE)
+                   or ("right" in inner and x2 >= w - TILE_EDGE) or ("bottom" in inner and y2 >= h - TILE_EDGE))
+            if not cut and b.width > 0 and b.height > 0:
+                rows.append((x1 + x0, y1 + y0, x2 + x0, y2 + y0, detection.score[0]))
+        return np.array(rows, dtype=np.float32).reshape(-1, 5)
+
+    def _mesh_in(self, frame: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        """The face mesh (468, 2) float32, frame pixels, of the face in `box`: the mesh nearest the centre of a
+        crop around it (see `MESH_CROP_MARGIN`), or None when the mesh finds no face there."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+        side = MESH_CROP_MARGIN * max(x2 - x1, y2 - y1)
+        if not side > 0:
+            return None
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        size = MESH_CROP_SIZE
+        scale = size / side
+        if scale >= 1:  # enlarge, bilinear
+            m = np.array([[scale, 0, size / 2 - cx * scale], [0, scale, size / 2 - cy * scale]])
+            crop = cv2.warpAffine(frame, m, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+        else:  # the crop at the frame's resolution, then reduced with area averaging (no aliasing)
+            n = int(np.ceil(side))
+            m = np.array([[1.0, 0, n / 2 - cx], [0, 1.0, n / 2 - cy]])
+            crop = cv2.resize(cv2.warpAffine(frame, m, (n, n), flags=cv2.INTER_LINEAR, borderValue=0), (size, size),
+                              interpolation=cv2.INTER_AREA)
+            scale = size / n
+            m = m * scale
+        meshes = self._meshes(crop)
+        if not meshes:
+            return None
+        mesh = min(meshes, key=lambda p: float(np.hypot(*(p.mean(axis=0) - size / 2))))
+        inv = cv2.invertAffineTransform(m)  # crop -> frame
+        return (mesh.astype(np.float64) @ inv[:, :2].T + inv[:, 2]).astype(np.float32)
+
+    def refine(self, frame: np.ndarray, face: Face) -> Face | None:
+        """`face` followed into `frame` by the face mesh alone, in `face.box` (predicted from earlier frames);
+        the result keeps `face.score`. None when the mesh finds no face there."""
+        frame = self._check_open(frame)
+        mesh = self._mesh_in(frame, face.box)
+        return None if mesh is None else self._face(mesh, float(face.score))
 
     def reset(self) -> None:
         """Forget the tracked faces (start of another video)."""
@@ -591,10 +727,11 @@ class MediapipeBackend:
             self._mesh.reset()
 
     def close(self) -> None:
-        """Stop mediapipe's graph; the backend cannot be used afterwards."""
-        if self._mesh is not None:
-            self._mesh.close()
-            self._mesh = None
+        """Stop mediapipe's graphs; the backend cannot be used afterwards."""
+        for graph in (self._mesh, self._detector):
+            if graph is not None:
+                graph.close()
+        self._mesh = self._detector = None
 
     def __enter__(self) -> MediapipeBackend:
         return self
@@ -603,12 +740,23 @@ class MediapipeBackend:
         self.close()
 
 
+def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of `tile` px over `length` px, overlapping by at least `overlap`, the last flush
+    with the end."""
+    if length <= tile:
+        return [0]
+    count = int(np.ceil((length - tile) / (tile - overlap))) + 1
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 
 
-def load_face_backend(name: str = "auto", checkpoints: PathLike | None = None) -> FaceBackend:
-    """The face backend called `name`: "insightface", "mediapipe", or "auto".
+def load_face_backend(name: str = "auto", checkpoints: PathLike | None = None,
+                      threshold: float = MIN_FACE_SCORE) -> FaceBackend:
+    """The face backend called `name`: "insightface", "mediapipe", or "auto", detecting faces from a score of
+    `threshold` (the reference's 0.5).
 
     "auto" is InsightFace (the published face stack) when both `auxiliary/models/buffalo_l/det_10g.onnx` and
     `2d106det.onnx` are in the checkpoints folder (default: `latentsync.weights.default_checkpoints_dir()`),
@@ -623,9 +771,9 @@ def load_face_backend(name: str = "auto", checkpoints: PathLike | None = None) -
         log.info("face backend: %s", name)
     if name == "insightface":
         det, lmk = layout.require("insightface_det", "insightface_landmarks")
-        return InsightFaceBackend(det, lmk)
+        return InsightFaceBackend(det, lmk, threshold=threshold)
     if name == "mediapipe":
-        return MediapipeBackend()
+        return MediapipeBackend(threshold=threshold)
     raise ConfigError(f"unknown face backend {name!r}; expected auto, insightface or mediapipe")
 
 
@@ -633,11 +781,41 @@ def load_face_backend(name: str = "auto", checkpoints: PathLike | None = None) -
 # Choice and tracking
 
 
-def is_valid_face(face: Face) -> bool:
-    """The reference's filter: box width >= 50, height >= 80, 0.2 <= width / height <= 1.5, score >= 0.5."""
-    w, h = face.width, face.height
-    return (w >= MIN_FACE_WIDTH and h >= MIN_FACE_HEIGHT and MIN_ASPECT <= w / h <= MAX_ASPECT
-            and face.score >= MIN_FACE_SCORE)
+@dataclass(frozen=True)
+class FaceFilter:
+    """Which detections count as faces. The default is the reference's filter: box width >= 50, height >= 80,
+    0.2 <= width / height <= 1.5, score >= 0.5 (`INFERENCE_FILTER`: smaller boxes, for wide shots)."""
+
+    min_width: float = MIN_FACE_WIDTH
+    min_height: float = MIN_FACE_HEIGHT
+    min_score: float = MIN_FACE_SCORE
+
+    def with_score(self, min_score: float) -> "FaceFilter":
+        return FaceFilter(self.min_width, self.min_height, float(min_score))
+
+    def is_large_enough(self, face: Face) -> bool:
+        return face.width >= self.min_width and face.height >= self.min_height
+
+    def accepts(self, face: Face) -> bool:
+        w, h = face.width, face.height
+        return (self.is_large_enough(face) and h > 0 and MIN_ASPECT <= w / h <= MAX_ASPECT
+                and face.score >= self.min_score)
+
+
+REFERENCE_FILTER = FaceFilter()
+INFERENCE_FILTER = FaceFilter(MIN_SYNC_FACE, MIN_SYNC_FACE)
+
+
+def is_valid_face(face: Face, limits: FaceFilter = REFERENCE_FILTER) -> bool:
+    """Whether `face` passes `limits` (by default the reference's filter, see `FaceFilter`)."""
+    return limits.accepts(face)
+
+
+def check_threshold(threshold: float) -> float:
+    """A detection score threshold in (0, 1), or ConfigError."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold < 1:
+        raise ConfigError(f"the face detection threshold must be a number between 0 and 1, got {threshold!r}")
+    return float(threshold)
 
 
 def iou(box_a: np.ndarray, box_b: np.ndarray) -> float:
@@ -659,15 +837,16 @@ def check_rule(rule: Rule) -> Rule:
     return rule
 
 
-def select_face(faces: Sequence[Face], rule: Rule, frame_shape: Sequence[int]) -> Face | None:
-    """The face to sync among `faces` (only those passing `is_valid_face`), or None.
+def select_face(faces: Sequence[Face], rule: Rule, frame_shape: Sequence[int],
+                limits: FaceFilter = REFERENCE_FILTER) -> Face | None:
+    """The face to sync among `faces` (only those passing `limits`, by default the reference's filter), or None.
 
     `rule`: "largest" (the reference: the largest box area), "center" (the box centre nearest the frame
     centre; `frame_shape` is the frame's (h, w, ...)), or an int N (the N-th face from the left by box centre,
     0-based; None when there are fewer).
     """
     rule = check_rule(rule)
-    valid = [f for f in faces if is_valid_face(f)]
+    valid = [f for f in faces if limits.accepts(f)]
     if not valid:
         return None
     if rule == "largest":
@@ -720,6 +899,12 @@ def content_change(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).mean())
 
 
+# Why a frame has no face to sync (`FaceTracker.miss`).
+MISS_NONE = "no face found"
+MISS_SMALL = "faces too small"
+MISS_RULE = "not the chosen face"  # faces found, but not the N-th from the left
+
+
 class FaceTracker:
     """Follows one face through a video.
 
@@ -738,16 +923,21 @@ class FaceTracker:
     goes through the full detection. Backends without
     `refine` (mediapipe, whose video mode already tracks the face between its own detections) get `detect`
     on every frame whatever `detect_every` is.
+
+    `limits`: which detections count as faces (`FaceFilter`; by default the reference's filter). After a frame
+    without a face, `miss` says why (`MISS_NONE`, `MISS_SMALL`, `MISS_RULE`); None after a frame with one.
     """
 
     def __init__(self, backend: FaceBackend, rule: Rule = "largest", iou_threshold: float = DEFAULT_IOU_THRESHOLD,
-                 detect_every: int = 1):
+                 detect_every: int = 1, limits: FaceFilter = REFERENCE_FILTER):
         if isinstance(detect_every, bool) or not isinstance(detect_every, int) or detect_every < 1:
             raise ConfigError(f"detect_every must be an integer of at least 1, got {detect_every!r}")
         self.backend = backend
         self.rule = check_rule(rule)
         self.iou_threshold = iou_threshold
         self.detect_every = detect_every
+        self.limits = limits
+        self.miss: str | None = None
         refine = getattr(backend, "refine", None)
         self._refine = refine if detect_every > 1 and callable(refine) else None
         self.box: np.ndarray | None = None  # the last followed box
@@ -771,6 +961,7 @@ class FaceTracker:
                 and not cut):
             face = self._follow(frame)
             if face is not None:
+                self.miss = None
                 self._since_detection += 1
                 self._previous = face
                 self.box = np.asarray(face.box, dtype=np.float32).copy()
@@ -785,8 +976,11 @@ class FaceTracker:
 
     def _detect(self, frame: np.ndarray) -> Face | None:
         """The full path: every face the backend finds, the one overlapping the last box or else `rule`'s."""
-        faces = [f for f in self.backend.detect(frame) if is_valid_face(f)]
+        found = self.backend.detect(frame)
+        faces = [f for f in found if self.limits.accepts(f)]
         if not faces:
+            small = any(not self.limits.is_large_enough(f) and f.score >= self.limits.min_score for f in found)
+            self.miss = MISS_SMALL if small else MISS_NONE
             return None
         chosen = None
         if self.box is not None:
@@ -795,9 +989,10 @@ class FaceTracker:
             if overlaps[best] >= self.iou_threshold:
                 chosen = faces[best]
         if chosen is None:
-            chosen = select_face(faces, self.rule, frame.shape)
+            chosen = select_face(faces, self.rule, frame.shape, self.limits)
         if chosen is not None:
             self.box = np.asarray(chosen.box, dtype=np.float32).copy()
+        self.miss = MISS_RULE if chosen is None else None
         return chosen
 
     def _follow(self, frame: np.ndarray) -> Face | None:
@@ -810,11 +1005,10 @@ class FaceTracker:
             return None
         return face
 
-    @staticmethod
-    def _lost(face: Face, previous: Face, frame_shape: Sequence[int]) -> bool:
+    def _lost(self, face: Face, previous: Face, frame_shape: Sequence[int]) -> bool:
         """Whether `face`, followed from `previous`, is no longer the face (see `TRACK_MIN_EXTENT_IOU`)."""
         landmarks = np.asarray(face.landmarks, dtype=np.float64)
-        if not np.all(np.isfinite(landmarks)) or not is_valid_face(face):
+        if not np.all(np.isfinite(landmarks)) or not self.limits.accepts(face):
             return True
         # The predicted box is where `previous`'s landmarks put the face, so they are where this frame's
         # landmarks are expected.
@@ -828,6 +1022,7 @@ class FaceTracker:
     def reset(self) -> None:
         """Forget the followed face, e.g. before another video."""
         self.box = None
+        self.miss = None
         self._signature = None
         self._forget_track()
         reset = getattr(self.backend, "reset", None)
