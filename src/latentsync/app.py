@@ -315,8 +315,7 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
             log.exception("lip sync failed")
             raise gr.Error(f"internal error ({type(e).__name__}); the server log has the details",
                            duration=None, print_exception=False) from None
-        missing = (f"; {result.frames_without_face} frames without a face were kept as they were"
-                   if result.frames_without_face else "")
+        missing = f"; {result.missing_summary()}" if result.frames_without_face else ""
         status = (f"{result.frames} frames ({result.frames / 25:.1f} s) in {time.perf_counter() - t0:.1f} s"
                   f"{missing}.")
         return str(out), status

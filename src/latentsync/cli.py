@@ -53,6 +53,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    from .face.detect import MIN_FACE_SCORE
     from .inference import DEFAULT_DETECT_EVERY
     from .media import DEFAULT_PRESET, X264_PRESETS
     from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
@@ -80,9 +81,16 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                    help="which face to sync when there are several: largest (default), center, or N (the N-th "
                         "from the left, 0-based); it is then followed from frame to frame")
     g.add_argument("--detect-every", type=_positive_int, default=DEFAULT_DETECT_EVERY, metavar="N",
-                   help="InsightFace only: run the face detector every N frames and follow the face with the "
-                        "landmark model in between (faster; 1 detects on every frame, as published); mediapipe "
-                        "tracks the face on its own (default: %(default)s)")
+                   help="run the face detector every N frames and follow the face with the landmark model in "
+                        "between (faster; 1 detects on every frame, as published) (default: %(default)s)")
+    g.add_argument("--face-threshold", type=_fraction, default=MIN_FACE_SCORE, metavar="T",
+                   help="the least detection score of a face, between 0 and 1 (default: %(default)s, as "
+                        "published); lower it for stylised, anime or 3D faces, which the models were not "
+                        "trained on")
+    g.add_argument("--min-face-fraction", type=_fraction, default=0.0, metavar="F",
+                   help="fail (exit 2, no output) when fewer than this share of the frames have a face to sync, "
+                        "e.g. 0.9; by default frames without a face are kept as they are and counted in the "
+                        "summary")
     g.add_argument("--mask", type=Path, default=None, metavar="PNG",
                    help="the mouth mask: a square black-and-white image, black = regenerated (e.g. larger, with "
                         "the chin); default: the published mask.png the models were trained with")
@@ -116,6 +124,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
     return value
 
 
@@ -171,15 +186,15 @@ def _run_job(lipsync, video: Path, audio: Path, out: Path, args: argparse.Namesp
     options = InferenceOptions(steps=args.steps, guidance=args.guidance, seed=args.seed, scheduler=args.scheduler,
                                deepcache=args.deepcache, batch_chunks=args.batch_chunks,
                                low_memory=args.low_memory, face=args.face, crf=args.crf, preset=args.preset,
-                               detect_every=args.detect_every, mask=args.mask)
+                               detect_every=args.detect_every, mask=args.mask, face_threshold=args.face_threshold,
+                               min_face_fraction=args.min_face_fraction)
     if not args.quiet:
         print(f"faces: {lipsync.face_backend} backend; {lipsync.resolution} px; {lipsync.device}, "
               f"{str(lipsync.dtype).removeprefix('torch.')}", file=sys.stderr)
     result = lipsync.run(video, audio, out, options, progress=not args.quiet)
     if not args.quiet:
         busy = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
-        missing = f" ({result.frames_without_face} without a face, kept as they were)" \
-            if result.frames_without_face else ""
+        missing = f" ({result.missing_summary()})" if result.frames_without_face else ""
         print(f"wrote {result.output}: {result.frames} frames{missing}; {busy}", file=sys.stderr)
     return 0
 

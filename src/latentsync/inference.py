@@ -30,10 +30,20 @@ import torch
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder, frame_window, num_video_frames
 from .config import load_unet_config
-from .errors import InputError, ResourceError
+from .errors import ConfigError, InputError, ResourceError
 from .fileio import refuse_overwriting_inputs
 from .face.align import FaceAligner, restore_frames, warp_face
-from .face.detect import FaceTracker, check_rule, load_face_backend
+from .face.detect import (
+    INFERENCE_FILTER,
+    MIN_FACE_SCORE,
+    MISS_NONE,
+    MISS_RULE,
+    MISS_SMALL,
+    FaceTracker,
+    check_rule,
+    check_threshold,
+    load_face_backend,
+)
 from .face.mask import mouth_mask, mouth_mask_tensor
 from .media import (DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_audio,
                     probe_video)
@@ -58,8 +68,8 @@ MAX_PENDING_FRAMES = 4 * CHUNK_FRAMES  # a chunk is closed early when this many 
 # A video whose frames run out well before the duration its container declares is damaged.
 TRUNCATED_FRACTION = 0.9
 TRUNCATED_SLACK_FRAMES = 2
-# InsightFace: the face detector runs on every N-th frame, the landmark model follows the face in between
-# (`FaceTracker(detect_every=N)`; mediapipe tracks on its own). det_10g is SCRFD-10GF (10 GFLOPs at VGA, SCRFD
+# The face detector runs on every N-th frame, the landmark model follows the face in between
+# (`FaceTracker(detect_every=N)`; for mediapipe the face mesh on a crop). det_10g is SCRFD-10GF (10 GFLOPs at VGA, SCRFD
 # paper) on a 512 px input, 2d106det a MobileNet-0.5 on a 192 px crop (insightface alignment/coordinate_reg):
 # about 40x fewer operations, so detection is nearly all of the face stage's cost, and with pip's CPU-only
 # onnxruntime that stage runs on the CPU. Every 5th frame cuts it about 5x. The box the landmarks see is the
@@ -67,6 +77,14 @@ TRUNCATED_SLACK_FRAMES = 2
 # detection so it does not drift; a lost track or a scene cut is detected again at once, a new face entering the
 # shot within 4 frames, 160 ms. 1 reproduces the reference's per-frame detection exactly.
 DEFAULT_DETECT_EVERY = 5
+# More than this share of the frames without a face to sync is worth a warning (a wide shot's face too small,
+# a face the detector does not know): the result is then largely the input with the new sound.
+MISSED_WARNING_FRACTION = 0.03
+MISS_PHRASES = {
+    MISS_NONE: "with no face found",
+    MISS_SMALL: f"with faces too small (under {INFERENCE_FILTER.min_width:g} px)",
+    MISS_RULE: "without the chosen face (fewer faces than its number)",
+}
 # Low-memory jobs run the UNet's feed-forward on at most this many tokens at a time: 4 frames of the 64x64 latent
 # at 512 px (`estimate.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7
 # GB; it is no longer the largest term below that, so smaller slices only add kernel launches).
@@ -99,8 +117,10 @@ class InferenceOptions:
     crf: int = DEFAULT_CRF
     preset: str = DEFAULT_PRESET
     audio_window: str = "overlap"
-    detect_every: int = DEFAULT_DETECT_EVERY  # InsightFace: face detection every N frames, landmarks in between
+    detect_every: int = DEFAULT_DETECT_EVERY  # face detection every N frames, landmarks alone in between
     mask: str | Path | None = None  # a mouth mask image (face.mask); None: the published mask.png
+    face_threshold: float = MIN_FACE_SCORE  # the least detection score of a face (lower: stylised, drawn faces)
+    min_face_fraction: float = 0.0  # fail (InputError) when fewer frames than this share have a face; 0: never
 
     def sampling(self) -> SamplingOptions:
         """How each chunk is denoised under these options."""
@@ -116,6 +136,36 @@ class InferenceResult:
     frames_without_face: int
     face_backend: str
     seconds: dict[str, float] = field(default_factory=dict)  # busy time per stage
+    missed: dict[str, int] = field(default_factory=dict)  # frames without a face by reason (face.detect.MISS_*)
+
+    def missing_summary(self) -> str:
+        """'' when every frame had a face, else e.g. "125 without a face, kept as they were: 120 with faces too
+        small (under 24 px), 5 with no face found"."""
+        return _missing_summary(self.frames_without_face, self.missed)
+
+
+def _missing_summary(count: int, missed: dict[str, int]) -> str:
+    return f"{count} without a face, kept as they were{_reasons(missed)}" if count else ""
+
+
+def _reasons(missed: dict[str, int], lead: str = ": ") -> str:
+    """The frames without a face by reason, most first: "120 with faces too small (under 24 px), 5 with ..."."""
+    if not missed:
+        return ""
+    return lead + ", ".join(f"{n} {MISS_PHRASES.get(reason, reason)}"
+                            for reason, n in sorted(missed.items(), key=lambda kv: -kv[1]))
+
+
+def _check_face_options(options: InferenceOptions) -> None:
+    """ConfigError for a threshold or minimum face fraction out of range; a warning for a low threshold."""
+    threshold = check_threshold(options.face_threshold)
+    fraction = options.min_face_fraction
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
+        raise ConfigError(f"the minimum face fraction must be between 0 and 1, got {fraction!r}")
+    if threshold < MIN_FACE_SCORE:
+        log.warning("face detection threshold %.2f (the models' is %.2f): stylised, drawn or 3D faces are not "
+                    "what the models were trained on, and less certain detections may not be faces",
+                    threshold, MIN_FACE_SCORE)
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -391,6 +441,7 @@ class LipSync:
         options = options or InferenceOptions()
         video, audio, output = Path(video), Path(audio), Path(output)
         refuse_overwriting_inputs(output, [("video", video), ("audio", audio), ("mask", options.mask)])
+        _check_face_options(options)
         info = probe_video(video)  # InputError: missing, unreadable, no video stream
         mouth_mask(self.resolution, options.mask)  # InputError: an unusable mask image, before any work
         hidden, seconds = self._audio_features(audio, options, progress)
@@ -414,6 +465,7 @@ class LipSync:
         """Like `run`, but hands each output frame (RGB uint8 (h, w, 3), in order, at 25 fps) to `sink` instead
         of encoding: for streaming to a player, a network, or tests. `sink` is called from a worker thread."""
         options = options or InferenceOptions()
+        _check_face_options(options)
         info = probe_video(Path(video))
         mouth_mask(self.resolution, options.mask)
         hidden, seconds = self._audio_features(Path(audio), options, progress)
@@ -457,9 +509,13 @@ class LipSync:
         job = _Job(self, video, expected_frames, hidden, total, options, progress)
         job.run(sink)
         if job.frames_with_face == 0:  # raised before the writer is closed: it discards its file
-            raise InputError(f"{video}: no face found in any frame")
-        return InferenceResult(output=None, frames=total, frames_without_face=total - job.frames_with_face,
-                               face_backend=self.face_backend, seconds=dict(job.timings))
+            raise InputError(f"{video}: no face found in any frame" + _reasons(job.missed))
+        missing = total - job.frames_with_face
+        if missing > MISSED_WARNING_FRACTION * total:
+            log.warning("%s: %d of %d frames (%.0f%%) have no face to sync: %s", video, missing, total,
+                        100 * missing / total, _reasons(job.missed, lead=""))
+        return InferenceResult(output=None, frames=total, frames_without_face=missing,
+                               face_backend=self.face_backend, seconds=dict(job.timings), missed=dict(job.missed))
 
 
 class _Job:
@@ -473,11 +529,18 @@ class _Job:
         self.resolution = lipsync.resolution
         self.mask = mouth_mask_tensor(self.resolution, source=options.mask)  # 1 R R, this job's only
         rule = check_rule(options.face)
-        # A fresh backend per job: video-mode trackers (mediapipe) carry state from frame to frame.
-        self.tracker = FaceTracker(load_face_backend(lipsync.face_backend_name, lipsync.checkpoints), rule=rule,
-                                   detect_every=options.detect_every)
+        # A fresh backend per job: trackers carry state from frame to frame. Faces from the inference filter's
+        # size (wide shots) at this job's detection threshold.
+        backend = load_face_backend(lipsync.face_backend_name, lipsync.checkpoints, threshold=options.face_threshold)
+        self.tracker = FaceTracker(backend, rule=rule, detect_every=options.detect_every,
+                                   limits=INFERENCE_FILTER.with_score(options.face_threshold))
         self.aligner = FaceAligner(lipsync.resolution)
         self.alignment: dict[int, np.ndarray | None] = {}  # source index -> matrix (None: no face)
+        self.miss: dict[int, str] = {}  # source index -> why it has no face (`FaceTracker.miss`)
+        self.missed: dict[str, int] = {}  # output frames without a face, by reason
+        # More output frames than this without a face fail the job (`min_face_fraction`), as soon as it is sure.
+        self.most_missing = (total if not options.min_face_fraction
+                             else int(np.floor((1 - options.min_face_fraction) * total + 1e-9)))
         self.frames_with_face = 0
         self.timings = {"decode": 0.0, "align": 0.0, "denoise": 0.0, "restore+encode": 0.0}
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="latentsync-warp")
@@ -530,7 +593,11 @@ class _Job:
                     self.alignment[frame.source] = (
                         None if face is None else self.aligner.matrix(face.points)
                     )
+                    if face is None:
+                        self.miss[frame.source] = self.tracker.miss or MISS_NONE
                 frame.matrix = self.alignment[frame.source]
+                if frame.matrix is None:
+                    self._missed(frame)
                 pending.append(frame)
                 with_face += frame.matrix is not None
                 self.timings["align"] += time.perf_counter() - t
@@ -541,6 +608,15 @@ class _Job:
                 emit(self._warp(pending))
         finally:
             frames.close()
+
+    def _missed(self, frame: _Frame) -> None:
+        reason = self.miss[frame.source]
+        self.missed[reason] = self.missed.get(reason, 0) + 1
+        missing = sum(self.missed.values())
+        if missing > self.most_missing:
+            share = self.options.min_face_fraction
+            raise InputError(f"{self.video}: {missing} of {self.total} frames have no face to sync"
+                             f"{_reasons(self.missed)}; the job asks for a face in at least {share:.0%} of them")
 
     def _warp(self, frames: list[_Frame]) -> _Chunk:
         t = time.perf_counter()

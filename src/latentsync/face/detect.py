@@ -102,7 +102,7 @@ MESH_MIN_TRACKING_CONFIDENCE = 0.5  # mediapipe's default
 # (`FaceDetection(model_selection=1)`, a 192 px input) finds a face reliably from about 16 px of its input, so
 # on the whole frame from about 16/192 of the frame's longer side (160 px at 1080p). It also runs on square
 # tiles of `DETECT_TILE` px, which find faces from about 12-16 px of the input (32-43 px of the tile: in
-# `bench/face_detect.py` every 40 px face and nearly every 32 px one) and overlap by the largest face the
+# `bench/face_detect.py` every 32 px face of its scenes) and overlap by the largest face the
 # whole-frame pass may miss (times 1.3, a face's height over its width), so such a face lies wholly inside one.
 # A tile's detection that touches one of its inner edges is a cut face (the neighbouring tile has all of it).
 # Tiles of 448 px cost 1.8x the time at 1080p (32 tiles, not 15) and find no more 32-40 px faces.
@@ -142,7 +142,7 @@ TRACK_MAX_OUTSIDE = 0.25
 #   the reference's size filter), or a landmark is not finite.
 # - The frame is a scene cut: the mean absolute change of hue, saturation and value (0-255 scales, OpenCV's hue
 #   0-179), averaged over the three, exceeds PySceneDetect's default ContentDetector threshold. Measured on a
-#   thumbnail of the frame (a fraction of a millisecond at 1080p); a new shot may show another face, or the same
+#   thumbnail of the frame (about 3 ms at 1080p on a 2-core CPU); a new shot may show another face, or the same
 #   one elsewhere, where the landmark model alone could lock onto the wrong thing.
 SCENE_CUT_THRESHOLD = 27.0
 SCENE_THUMBNAIL_WIDTH = 64
