@@ -48,7 +48,9 @@ import cv2
 import numpy as np
 
 from latentsync.demo import DEMO_FPS, PORTRAIT_FACE_BOX, Placement, load_portrait, wide_shot_frame
-from latentsync.face.detect import INFERENCE_FILTER, FaceTracker, InsightFaceBackend, MediapipeBackend
+from latentsync.face.insightface import InsightFaceBackend
+from latentsync.face.mediapipe import MediapipeBackend
+from latentsync.face.tracking import INFERENCE_FILTER, FaceTracker
 from latentsync.inference import DEFAULT_DETECT_EVERY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

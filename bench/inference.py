@@ -80,7 +80,8 @@ def child_infer(argv: list[str]) -> None:
 def naive_prepost(video: Path, out: Path, frames: int) -> dict[str, float]:
     """The same pre/post-processing functions, one frame at a time: decode, detect, align, restore, encode."""
     from latentsync.face.align import FaceAligner, restore_face, warp_face
-    from latentsync.face.detect import FaceTracker, load_face_backend
+    from latentsync.face.detect import load_face_backend
+    from latentsync.face.tracking import FaceTracker
     from latentsync.media import VideoReader
 
     busy = dict.fromkeys(["decode", "detect", "align", "restore", "encode"], 0.0)

@@ -24,20 +24,23 @@ from face_util import (
 from latentsync import cli
 from latentsync.errors import CheckpointError, ConfigError, InputError
 from latentsync.face import Face
-from latentsync.face.detect import (
+from latentsync.face import detect
+from latentsync.face.boxes import iou
+from latentsync.face.detect import load_face_backend
+from latentsync.face.insightface import (
+    InsightFaceBackend,
+    alignment_points,
+    landmark_input_normalisation,
+    onnx_node_names,
+)
+from latentsync.face.mediapipe import MediapipeBackend
+from latentsync.face.tracking import (
     MIN_FACE_SCORE,
     SCENE_CUT_THRESHOLD,
     FaceTracker,
-    InsightFaceBackend,
-    MediapipeBackend,
-    alignment_points,
     content_change,
     frame_signature,
-    iou,
     is_valid_face,
-    landmark_input_normalisation,
-    load_face_backend,
-    onnx_node_names,
     predict_box,
     select_face,
 )
@@ -331,6 +334,19 @@ def test_load_face_backend_auto_needs_both_files(tmp_path):
     backend = load_face_backend("auto", tmp_path)
     assert isinstance(backend, MediapipeBackend)
     backend.close()
+
+
+def test_the_former_import_path_gives_the_same_objects():
+    """`latentsync.face.detect` was the home of everything the backends and tracking define; it re-exports
+    them (the objects themselves, not copies) for code written against it."""
+    from latentsync.face import boxes, insightface, mediapipe, tracking
+
+    homes = (boxes, insightface, mediapipe, tracking)
+    for name in detect.__all__:
+        if name == "load_face_backend":
+            continue
+        assert any(name in vars(m) and getattr(m, name) is getattr(detect, name) for m in homes), name
+    assert detect.MediapipeBackend is MediapipeBackend and detect.FaceTracker is FaceTracker
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,16 +15,9 @@ import pytest
 from latentsync import cli
 from latentsync.demo import Placement, load_portrait, make_wide_shot_clip, synth_speech, wide_shot_frame
 from latentsync.errors import ConfigError, InputError
-from latentsync.face.detect import (
-    INFERENCE_FILTER,
-    MISS_NONE,
-    MISS_RULE,
-    MISS_SMALL,
-    FaceTracker,
-    InsightFaceBackend,
-    MediapipeBackend,
-    ScrfdDetector,
-)
+from latentsync.face.insightface import InsightFaceBackend, ScrfdDetector
+from latentsync.face.mediapipe import MediapipeBackend
+from latentsync.face.tracking import INFERENCE_FILTER, MISS_NONE, MISS_RULE, MISS_SMALL, FaceTracker
 from latentsync.inference import DEFAULT_DETECT_EVERY, InferenceOptions
 from latentsync.media import VideoReader, write_wav
 

@@ -37,7 +37,7 @@ from latentsync.evaluation.sync_confidence import (
     track_faces,
 )
 from latentsync.face import Face
-from latentsync.face.detect import MediapipeBackend
+from latentsync.face.mediapipe import MediapipeBackend
 from latentsync.media import VideoReader, VideoWriter, decode_audio, write_wav
 from latentsync.models.syncnet_v2 import SyncNetV2, load_syncnet_v2
 

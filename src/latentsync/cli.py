@@ -53,7 +53,7 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    from .face.detect import MIN_FACE_SCORE
+    from .face.tracking import MIN_FACE_SCORE
     from .inference import DEFAULT_DETECT_EVERY
     from .media import DEFAULT_PRESET, X264_PRESETS
     from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS

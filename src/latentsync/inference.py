@@ -33,7 +33,8 @@ from .config import load_unet_config
 from .errors import ConfigError, InputError, ResourceError
 from .fileio import refuse_overwriting_inputs
 from .face.align import FaceAligner, restore_frames, warp_face
-from .face.detect import (
+from .face.detect import load_face_backend
+from .face.tracking import (
     INFERENCE_FILTER,
     MIN_FACE_SCORE,
     MISS_NONE,
@@ -42,7 +43,6 @@ from .face.detect import (
     FaceTracker,
     check_rule,
     check_threshold,
-    load_face_backend,
 )
 from .face.mask import mouth_mask, mouth_mask_tensor
 from .media import (DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_audio,
@@ -136,7 +136,7 @@ class InferenceResult:
     frames_without_face: int
     face_backend: str
     seconds: dict[str, float] = field(default_factory=dict)  # busy time per stage
-    missed: dict[str, int] = field(default_factory=dict)  # frames without a face by reason (face.detect.MISS_*)
+    missed: dict[str, int] = field(default_factory=dict)  # frames without a face by reason (face.tracking.MISS_*)
 
     def missing_summary(self) -> str:
         """'' when every frame had a face, else e.g. "125 without a face, kept as they were: 120 with faces too

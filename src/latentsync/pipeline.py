@@ -15,7 +15,7 @@ reading, face alignment, pasting back and writing. For one chunk of f aligned fa
 `output_type=` ("uint8", "float" faces or the final "latent"s) and `return_dict=`, so the loop can be driven
 and tested from given noise. The stages around it are public, each in its module:
 
-- alignment points: `face.detect.alignment_points` (106 landmarks), `face.detect.mesh_alignment_points`;
+- alignment points: `face.insightface.alignment_points` (106 landmarks), `face.mediapipe.mesh_alignment_points`;
 - the warp to the aligned face and back: `face.align.align_face`, `face.align.restore_face` / `restore_frames`;
 - the mouth mask: `face.mask.mouth_mask`, `mouth_mask_tensor`, `latent_mask_of`;
 - the VAE: `models.vae.encode_frames`, `models.vae.decode_frames`.

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..errors import InputError
-from ..face.detect import iou
+from ..face.boxes import iou
 from ..media import S16_FULL_SCALE, S16_MAX, VideoReader, decode_audio, probe_video
 from ..models.syncnet_v2 import CROP_SIZE, LIP_WINDOW, MFCC_WINDOW, SyncNetV2, load_syncnet_v2
 

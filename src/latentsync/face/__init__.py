@@ -1,5 +1,6 @@
-"""Faces: detection and landmarks (`detect.py`, several backends), alignment to the LatentSync crop and pasting
-back (`align.py`), and the mouth mask (`mask.py`).
+"""Faces: detection and landmarks (`detect.py` loads a backend: `insightface.py`, `mediapipe.py`), face choice
+and tracking (`tracking.py`, over `boxes.py`), alignment to the LatentSync crop and pasting back (`align.py`),
+and the mouth mask (`mask.py`).
 
 Frames are RGB `uint8` arrays `(h, w, 3)`; coordinates are in frame pixels, x to the right, y down.
 """
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from ..errors import InputError
 
 
 @dataclass
@@ -45,9 +48,9 @@ class FaceBackend(Protocol):
     """Finds faces and their landmarks in one frame.
 
     A backend may also have `refine(frame, face) -> Face | None`: `face` followed into `frame` with landmarks
-    only, in the box `face.box` predicted from earlier frames (None: it cannot). `detect.FaceTracker` uses it
-    between detections when `detect_every` > 1 (InsightFace has it; mediapipe, which tracks on its own in
-    video mode, does not).
+    only, in the box `face.box` predicted from earlier frames (None: it cannot). `tracking.FaceTracker` uses it
+    between detections when `detect_every` > 1 (both backends have it; mediapipe's former whole-frame mode,
+    which tracks on its own, does not).
     """
 
     name: str
@@ -55,3 +58,11 @@ class FaceBackend(Protocol):
     def detect(self, frame: np.ndarray) -> list[Face]:
         """All faces in an RGB uint8 frame (h, w, 3), any order."""
         ...
+
+
+def check_frame(frame: np.ndarray) -> np.ndarray:
+    """`frame` as an array, or InputError when it is not an RGB uint8 frame (h, w, 3)."""
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise InputError(f"face detection needs an RGB uint8 frame (h, w, 3), got {frame.dtype} {frame.shape}")
+    return frame

@@ -15,7 +15,8 @@ from typing import Any
 
 from ..config import PreprocessConfig
 from ..face.align import FaceAligner, warp_face
-from ..face.detect import FaceTracker, check_rule, load_face_backend
+from ..face.detect import load_face_backend
+from ..face.tracking import FaceTracker, check_rule
 from ..media import VideoReader, VideoWriter
 from .base import Item, StepContext, StepResult
 
