@@ -32,21 +32,20 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Union
+from typing import TYPE_CHECKING, Callable, Union
 from urllib.parse import quote
 
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SEED, DEFAULT_STEPS  # noqa: F401
 from .errors import InputError, LatentSyncError
-from .inference import InferenceOptions, InferenceResult, LipSync
-from .media import audio_duration_s, probe_video
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
+
+if TYPE_CHECKING:  # the models load with the server, not when its options are listed (`latentsync app --help`)
+    from .inference import InferenceOptions, InferenceResult, LipSync
 
 # Before gradio is imported anywhere: no usage reports leave the machine.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 7860
 # Output quality presets offered in the page: (x264 constant rate factor, encoder preset).
 QUALITY = {
     "standard": (18, "veryfast"),  # visually lossless, fast to encode (the CLI's default)
@@ -84,7 +83,7 @@ class AppSettings:
             raise ValueError("upload limit and keep time must be positive, the duration limit 0 or more")
 
 
-LipSyncSource = Union[LipSync, Callable[[], LipSync]]
+LipSyncSource = Union["LipSync", Callable[[], "LipSync"]]
 
 
 class LipSyncService:
@@ -92,6 +91,8 @@ class LipSyncService:
     request) shared by every request, each request in a folder of its own under a private root."""
 
     def __init__(self, lipsync: LipSyncSource, settings: AppSettings | None = None, root: str | Path | None = None):
+        from .inference import LipSync
+
         self.settings = settings or AppSettings()
         self._lipsync = lipsync if isinstance(lipsync, LipSync) else None
         self._make = None if isinstance(lipsync, LipSync) else lipsync
@@ -135,6 +136,8 @@ class LipSyncService:
             shutil.rmtree(job, ignore_errors=True)
 
     def _check_duration(self, video: Path, audio: Path) -> None:
+        from .media import audio_duration_s, probe_video
+
         limit = self.settings.max_seconds
         info = probe_video(video)  # InputError: unreadable, no video stream
         seconds = audio_duration_s(audio)  # InputError: unreadable, no audio track
@@ -291,6 +294,8 @@ def write_examples(folder: str | Path) -> list[list[str]]:
 def build_app(service: LipSyncService, *, description: str = "", examples: list[list[str]] | None = None):
     """The Gradio page over `service`. Element ids (for scripts and tests): video-input, audio-input, steps,
     guidance, seed, face, quality, scheduler, deepcache, run-button, result-video, status."""
+    from .inference import InferenceOptions
+
     gr = _import_gradio()
     settings = service.settings
 
@@ -387,6 +392,7 @@ def serve(settings: AppSettings | None = None, *, checkpoints: str | Path | None
     demo clip as its example, and serve until interrupted. Everything the server writes (its Gradio cache,
     jobs, results, examples, and with `demo` the tiny checkpoints) lives in one temporary folder, removed
     when it stops."""
+    from .inference import LipSync
     from .weights import CheckpointLayout, default_checkpoints_dir
 
     settings = settings or AppSettings()

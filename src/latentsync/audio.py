@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from . import defaults
 from .errors import CheckpointError, InputError
 from .fileio import atomic_write
 from .media import decode_audio
@@ -68,7 +69,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------
 # Whisper geometry. These equal whisper.audio's constants (checked when Whisper is first imported); they are
 # repeated here so that importing this module does not import Whisper (about 3 s).
-SAMPLE_RATE_HZ = 16_000  # whisper.audio.SAMPLE_RATE
+SAMPLE_RATE_HZ = defaults.SAMPLE_RATE_HZ  # whisper.audio.SAMPLE_RATE
 MEL_HOP_SAMPLES = 160  # whisper.audio.HOP_LENGTH: 100 mel frames per second
 WINDOW_MEL_FRAMES = 3_000  # whisper.audio.N_FRAMES: the encoder reads 30 s at a time
 MEL_FRAMES_PER_ROW = 2  # conv2 has stride 2: one hidden-state row per 2 mel frames
@@ -83,7 +84,7 @@ OVERLAP_MAX_HOP_ROWS = 1_000
 CONTEXT_ROWS_BEFORE = 4
 CONTEXT_ROWS_AFTER = 5
 STEPS_PER_FRAME = CONTEXT_ROWS_BEFORE + CONTEXT_ROWS_AFTER + 1  # 10
-DEFAULT_FPS = 25.0
+DEFAULT_FPS = defaults.FPS
 
 WINDOW_MODES = ("overlap", "reference")
 CHECKPOINT_ENCODER_PREFIX = "encoder."
@@ -97,7 +98,7 @@ CACHE_TENSOR_NAME = "hidden_states"
 
 # ---------------------------------------------------------------------------------------------------------
 # SyncNet mel: Wav2Lip's hparams, which LatentSync's configs/audio.yaml keeps.
-SYNCNET_SAMPLE_RATE_HZ = 16_000
+SYNCNET_SAMPLE_RATE_HZ = defaults.SAMPLE_RATE_HZ
 SYNCNET_N_FFT = 800
 SYNCNET_HOP_SAMPLES = 200  # 12.5 ms: 80 mel frames per second
 SYNCNET_WIN_SAMPLES = 800

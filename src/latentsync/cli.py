@@ -53,10 +53,15 @@ def _run_download(args: argparse.Namespace) -> int:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    from .face.tracking import MIN_FACE_SCORE
-    from .inference import DEFAULT_DETECT_EVERY
-    from .media import DEFAULT_PRESET, X264_PRESETS
-    from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
+    from .defaults import (
+        DEFAULT_DETECT_EVERY,
+        DEFAULT_GUIDANCE,
+        DEFAULT_PRESET,
+        DEFAULT_SEED,
+        DEFAULT_STEPS,
+        MIN_FACE_SCORE,
+        X264_PRESETS,
+    )
 
     g = p.add_argument_group("sampling")
     g.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, help="denoising steps (default: %(default)s)")

@@ -16,12 +16,13 @@ import torch
 import yaml
 
 from .config import load_unet_config, to_dict
+from .defaults import FPS, SAMPLE_RATE_HZ
 from .media import VideoWriter, write_wav
 from .models.unet import load_unet, save_unet_checkpoint
 
 DEMO_RESOLUTION = 128  # face crop of the tiny demo model (the published models use 256 and 512)
-DEMO_FPS = 25.0
-SPEECH_RATE_HZ = 16_000
+DEMO_FPS = FPS
+SPEECH_RATE_HZ = SAMPLE_RATE_HZ
 UNET_CONFIG_NAME = "unet.yaml"  # written beside the tiny weights
 
 # Whisper tiny's encoder dimensions (the UNet's cross-attention expects 384-d tokens); the text decoder, which

@@ -30,13 +30,14 @@ import torch
 
 from .audio import MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder, frame_window, num_video_frames
 from .config import load_unet_config
+from .defaults import DEFAULT_CRF, DEFAULT_DETECT_EVERY, FPS
 from .errors import ConfigError, InputError, ResourceError
 from .fileio import refuse_overwriting_inputs
 from .face.align import FaceAligner, restore_frames, warp_face
 from .face.detect import load_face_backend
+from .defaults import MIN_FACE_SCORE
 from .face.tracking import (
     INFERENCE_FILTER,
-    MIN_FACE_SCORE,
     MISS_NONE,
     MISS_RULE,
     MISS_SMALL,
@@ -55,9 +56,7 @@ from .weights import UNET_CONFIG_FOR_VERSION, CheckpointLayout, default_checkpoi
 
 log = logging.getLogger(__name__)
 
-FPS = 25.0  # LatentSync works at 25 video frames per second (Whisper tokens are 50 Hz: two per frame)
 DEFAULT_VERSION = "1.6"
-DEFAULT_CRF = 18  # x264 constant rate factor: 18 is visually lossless
 REVERSE_SEGMENT_FRAMES = 32  # frames decoded at once to play a stretch of video backwards
 # In flight between stages: a few full frames from the decoder, one chunk each between the other stages (enough
 # for decoding/alignment of chunk k+1 and paste-back/encoding of chunk k-1 to overlap denoising of chunk k).
@@ -68,15 +67,6 @@ MAX_PENDING_FRAMES = 4 * CHUNK_FRAMES  # a chunk is closed early when this many 
 # A video whose frames run out well before the duration its container declares is damaged.
 TRUNCATED_FRACTION = 0.9
 TRUNCATED_SLACK_FRAMES = 2
-# The face detector runs on every N-th frame, the landmark model follows the face in between
-# (`FaceTracker(detect_every=N)`; for mediapipe the face mesh on a crop). det_10g is SCRFD-10GF (10 GFLOPs at VGA, SCRFD
-# paper) on a 512 px input, 2d106det a MobileNet-0.5 on a 192 px crop (insightface alignment/coordinate_reg):
-# about 40x fewer operations, so detection is nearly all of the face stage's cost, and with pip's CPU-only
-# onnxruntime that stage runs on the CPU. Every 5th frame cuts it about 5x. The box the landmarks see is the
-# last detection's box moved with the face (2d106det takes "loose cropped" detection boxes), anchored to that
-# detection so it does not drift; a lost track or a scene cut is detected again at once, a new face entering the
-# shot within 4 frames, 160 ms. 1 reproduces the reference's per-frame detection exactly.
-DEFAULT_DETECT_EVERY = 5
 # More than this share of the frames without a face to sync is worth a warning (a wide shot's face too small,
 # a face the detector does not know): the result is then largely the input with the new sound.
 MISSED_WARNING_FRACTION = 0.03

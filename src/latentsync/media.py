@@ -29,10 +29,11 @@ import av
 import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
 
+from .defaults import DEFAULT_CRF, DEFAULT_PRESET, FPS, SAMPLE_RATE_HZ, X264_PRESETS  # noqa: F401 - media's own
 from .errors import InputError
 from .fileio import atomic_write, remove_stale_temporaries, temporary_name
 
-DEFAULT_SAMPLE_RATE_HZ = 16_000  # Whisper and the SyncNet mel both work at 16 kHz
+DEFAULT_SAMPLE_RATE_HZ = SAMPLE_RATE_HZ
 S16_FULL_SCALE = 32_768.0  # int16 -> float: the divisor Whisper's load_audio uses
 S16_MAX = 32_767
 S16_BYTES = 2
@@ -124,13 +125,7 @@ def _reason(e: BaseException) -> str:
 # Video
 # ---------------------------------------------------------------------------------------------------------
 
-DEFAULT_FPS = 25.0  # LatentSync's frame rate: Whisper chunks and SyncNet windows are laid out at 25 fps
-DEFAULT_CRF = 18  # libx264 constant rate factor: 18 is visually lossless for most content
-# libx264 speed/size trade-off. At CRF 18 the quality is set by the CRF, not the preset: on a 1080p talking head
-# `veryfast` measured 28.7 frames/s and 42.8 dB PSNR against `medium`'s 10.7 frames/s and 43.2 dB (2 CPU cores),
-# with no larger files. Encoding is the slowest CPU stage of inference, so the fast preset is the default.
-DEFAULT_PRESET = "veryfast"
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+DEFAULT_FPS = FPS  # Whisper chunks and SyncNet windows are laid out at 25 fps
 # Output containers by file extension (FFmpeg muxer names). MP4 and MOV get `+faststart`: the index (moov)
 # is moved to the front so players can start before the whole file has arrived.
 CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}

@@ -30,6 +30,7 @@ from typing import Literal
 import torch
 from einops import rearrange, repeat
 
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS  # noqa: F401 - the pipeline's own
 from .face.mask import MaskSource, latent_mask_of, mouth_mask_tensor
 from .models.attention import feed_forward_rows
 from .models.offload import Offloaded, residency
@@ -51,9 +52,6 @@ SCHEDULER_CONFIG = dict(
     timestep_spacing="leading",
 )
 SCHEDULERS = ("ddim", "dpm++")
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 1.5
-DEFAULT_SEED = 1247
 CHUNK_FRAMES = 16  # frames per UNet call, as trained; the temporal position encoding allows up to 24
 
 

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from ..defaults import FPS, SAMPLE_RATE_HZ
 from ..errors import InputError
 from ..face.boxes import iou
 from ..media import S16_FULL_SCALE, S16_MAX, VideoReader, decode_audio, probe_video
@@ -61,8 +62,7 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------
 # Constants of the reference (SyncNetInstance.py, syncnet_eval.py, syncnet_detect.py / run_pipeline.py)
 
-VIDEO_FPS = 25
-SAMPLE_RATE_HZ = 16_000
+VIDEO_FPS = int(FPS)
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS  # 640: the reference's floor(len(audio) / 640)
 MFCC_PER_FRAME = 4  # 100 Hz MFCC frames per 25 fps video frame
 # A window needs min_length - LIP_WINDOW > 0: at least 6 frames and 6 * 640 samples (see step 2 above).

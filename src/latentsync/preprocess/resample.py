@@ -27,6 +27,7 @@ import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
 
 from ..config import PreprocessConfig
+from ..defaults import DEFAULT_CRF
 from ..errors import InputError
 from ..fileio import atomic_write
 from ..media import (
@@ -44,7 +45,7 @@ from ..media import (
 from .base import Item, StepContext, StepResult
 
 VERSION = 1
-RESAMPLE_CRF = 18  # libx264 quality of re-encoded sources: visually lossless (spec 11: the reference's crf 18)
+RESAMPLE_CRF = DEFAULT_CRF  # libx264 quality of re-encoded sources: visually lossless (spec 11: the reference's)
 AAC_BIT_RATE_BPS = 64_000  # mono 16 kHz speech: transparent at 64 kb/s
 # Codecs the MP4 muxer stores as they are: their packets can be remuxed without decoding.
 MP4_COPY_CODECS = frozenset({"h264", "hevc", "av1", "vp9", "mpeg4"})
