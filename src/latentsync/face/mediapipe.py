@@ -11,6 +11,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..defaults import MIN_FACE_SCORE
 from ..errors import LatentSyncError
 from . import Face, check_frame
 from .boxes import iou, nms
@@ -29,7 +30,7 @@ MESH_NUM_LANDMARKS = 468  # without the iris points (refine_landmarks=False)
 # boxes (WIDER FACE, SCRFD's training set) leave some slack around the visible face, so the landmark extent is
 # grown by this fraction of its width (height) on the left and right (top and bottom).
 MESH_BOX_MARGIN = 0.05
-MESH_MIN_DETECTION_CONFIDENCE = 0.5
+MESH_MIN_DETECTION_CONFIDENCE = MIN_FACE_SCORE  # as the reference's filter
 MESH_MIN_TRACKING_CONFIDENCE = 0.5  # mediapipe's default
 # Small faces. The face mesh's own detector is mediapipe's short-range model (a 128 px input, for faces that
 # fill much of a selfie): on a whole 720p frame it misses faces under about 150 px. The full-range detector

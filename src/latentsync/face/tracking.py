@@ -14,6 +14,7 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
+from ..defaults import MIN_FACE_SCORE
 from ..errors import ConfigError
 from . import Face, FaceBackend
 from .boxes import iou, landmark_extent
@@ -25,7 +26,7 @@ MIN_FACE_WIDTH = 50  # px, box width
 MIN_FACE_HEIGHT = 80  # px, box height
 MIN_ASPECT = 0.2  # box width / height
 MAX_ASPECT = 1.5
-MIN_FACE_SCORE = 0.5
+# (and a score of at least `MIN_FACE_SCORE`, from `latentsync.defaults`)
 # Inference accepts smaller faces than the reference's filter (whose 50 x 80 px minimum is meant for training
 # data): a face's box from this many px on each side is synced (40 px faces of wide shots have boxes of about
 # 40 x 48). Below it the landmarks are too coarse for a steady crop.
