@@ -24,6 +24,7 @@ from face_util import (
 from latentsync import cli
 from latentsync.errors import CheckpointError, ConfigError, InputError
 from latentsync.face import Face
+from latentsync.cli.infer import run_job
 from latentsync.face import detect
 from latentsync.face.boxes import iou
 from latentsync.face.detect import load_face_backend
@@ -657,5 +658,5 @@ def test_cli_detect_every_reaches_inference_options():
             self.options = options
 
     lipsync = FakeLipSync()
-    assert cli._run_job(lipsync, Path("a"), Path("b"), Path("c"), args) == 0
+    assert run_job(lipsync, Path("a"), Path("b"), Path("c"), args) == 0
     assert lipsync.options.detect_every == 4

@@ -1,0 +1,39 @@
+"""`latentsync download`: fetch the published weights into the checkpoints folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "download",
+        help="fetch the published weights into the checkpoints folder",
+        description=(
+            "Download the published LatentSync weights from the Hugging Face Hub into one layout that every "
+            "other command reads by default: latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt, "
+            "sd-vae-ft-mse/ and auxiliary/. Files already present are kept. Without network access it names "
+            "each missing file and where to put it."
+        ),
+    )
+    p.add_argument("--version", choices=["1.6", "1.5"], default="1.6",
+                   help="1.6: 512 px faces (sharper, needs ~18 GB VRAM); 1.5: 256 px (default: %(default)s)")
+    p.add_argument("--dir", type=Path, default=None,
+                   help="checkpoints folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
+    p.add_argument("--with", dest="groups", action="append", default=[],
+                   choices=["training", "eval", "insightface", "all"],
+                   help="also fetch the weights for training, evaluation, or the InsightFace aligner (repeatable)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_run_download)
+
+
+def _run_download(args: argparse.Namespace) -> int:
+    from ..weights import default_checkpoints_dir, download
+
+    root = args.dir if args.dir is not None else default_checkpoints_dir()
+    groups = ["inference", *args.groups]
+    paths = download(version=args.version, root=root, groups=groups, progress=not args.quiet)
+    if not args.quiet:
+        print(f"{len(paths)} file(s) ready under {root}")
+    return 0
