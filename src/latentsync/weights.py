@@ -54,6 +54,26 @@ STAGING_DIR = ".download"  # inside the checkpoints folder, so the final rename 
 
 GROUPS = ("inference", "training", "eval", "insightface")
 
+# Every weight by name (`CheckpointLayout.<name>`, `CheckpointLayout.require(name)`, in the order `require`
+# reports them): its path under the checkpoints folder.
+FILES = {
+    "unet": "latentsync_unet.pt",  # the UNet (1.6: 512 px faces, 1.5: 256 px)
+    "whisper": "whisper/tiny.pt",  # OpenAI Whisper tiny, the audio encoder
+    "vae": "sd-vae-ft-mse",  # a folder in diffusers format (config.json + diffusion_pytorch_model.safetensors/.bin)
+    "syncnet": "stable_syncnet.pt",  # StableSyncNet (training loss)
+    "syncnet_v2": "auxiliary/syncnet_v2.model",  # joonson SyncNet (sync confidence metric and data filtering)
+    "sfd_face": "auxiliary/sfd_face.pth",  # S3FD face detector (evaluation and data filtering)
+    "koniq": "auxiliary/koniq_pretrained.pkl",  # hyperIQA trained on KonIQ (quality filter)
+    "videomae": "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth",  # VideoMAE v2 ViT-g (TREPA loss)
+    "i3d": "auxiliary/i3d_torchscript.pt",  # I3D TorchScript (FVD)
+    "vgg16": "auxiliary/vgg16-397923af.pth",  # torchvision VGG16 (LPIPS)
+    # pytorch-fid's Inception weights (FID): published on GitHub, not on the Hub (see `CheckpointLayout.ELSEWHERE`)
+    "fid_inception": "auxiliary/pt_inception-2015-12-05-6726825d.pth",
+    # InsightFace buffalo_l (the published face stack); InsightFace's `root` is auxiliary/
+    "insightface_det": "auxiliary/models/buffalo_l/det_10g.onnx",
+    "insightface_landmarks": "auxiliary/models/buffalo_l/2d106det.onnx",
+}
+
 
 def default_checkpoints_dir() -> Path:
     """`$LATENTSYNC_CHECKPOINTS` if set, else `./checkpoints`."""
@@ -63,37 +83,45 @@ def default_checkpoints_dir() -> Path:
 
 @dataclass(frozen=True)
 class Remote:
-    """One file of the manifest: fetched from `repo` (or the versioned LatentSync repo) into `root/dest`."""
+    """One file of the manifest: `filename` of `repo` (or of the versioned LatentSync repo), fetched into the
+    path of the weights called `name` (`FILES`), or into `part` inside it when that is a folder."""
 
     group: str  # the `--with` group that fetches it ("inference" is always fetched)
     repo: str  # Hub repo id, or VERSIONED
     filename: str  # path inside the repo
-    dest: str  # path under the checkpoints folder
+    name: str  # which weights (`FILES`)
+    part: str = ""  # a file inside the weights' folder
     per_version: bool = False  # the file differs between 1.5 and 1.6: replaced when switching versions
+
+    @property
+    def dest(self) -> str:
+        """Its path under the checkpoints folder."""
+        return f"{FILES[self.name]}/{self.part}" if self.part else FILES[self.name]
 
     def repo_for(self, version: str) -> str:
         return LATENTSYNC_REPOS[version] if self.repo == VERSIONED else self.repo
 
 
+def _published(group: str, name: str, repo: str = AUXILIARY_REPO, per_version: bool = False) -> Remote:
+    """A file published in a LatentSync repo at the path it has in the checkpoints folder."""
+    return Remote(group, repo, FILES[name], name, per_version=per_version)
+
+
 MANIFEST: tuple[Remote, ...] = (
-    Remote("inference", VERSIONED, "latentsync_unet.pt", "latentsync_unet.pt", per_version=True),
+    _published("inference", "unet", VERSIONED, per_version=True),
     # Whisper tiny is the same file in both repos, so switching versions keeps it.
-    Remote("inference", VERSIONED, "whisper/tiny.pt", "whisper/tiny.pt"),
-    Remote("inference", VAE_REPO, "config.json", "sd-vae-ft-mse/config.json"),
-    Remote("inference", VAE_REPO, "diffusion_pytorch_model.safetensors",
-           "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"),
-    Remote("training", VERSIONED, "stable_syncnet.pt", "stable_syncnet.pt", per_version=True),
-    Remote("training", AUXILIARY_REPO, "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth",
-           "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth"),
-    Remote("training", AUXILIARY_REPO, "auxiliary/vgg16-397923af.pth", "auxiliary/vgg16-397923af.pth"),
-    Remote("eval", AUXILIARY_REPO, "auxiliary/syncnet_v2.model", "auxiliary/syncnet_v2.model"),
-    Remote("eval", AUXILIARY_REPO, "auxiliary/sfd_face.pth", "auxiliary/sfd_face.pth"),
-    Remote("eval", AUXILIARY_REPO, "auxiliary/i3d_torchscript.pt", "auxiliary/i3d_torchscript.pt"),
-    Remote("eval", AUXILIARY_REPO, "auxiliary/koniq_pretrained.pkl", "auxiliary/koniq_pretrained.pkl"),
-    Remote("insightface", AUXILIARY_REPO, "auxiliary/models/buffalo_l/det_10g.onnx",
-           "auxiliary/models/buffalo_l/det_10g.onnx"),
-    Remote("insightface", AUXILIARY_REPO, "auxiliary/models/buffalo_l/2d106det.onnx",
-           "auxiliary/models/buffalo_l/2d106det.onnx"),
+    _published("inference", "whisper", VERSIONED),
+    Remote("inference", VAE_REPO, "config.json", "vae", "config.json"),
+    Remote("inference", VAE_REPO, "diffusion_pytorch_model.safetensors", "vae", "diffusion_pytorch_model.safetensors"),
+    _published("training", "syncnet", VERSIONED, per_version=True),
+    _published("training", "videomae"),
+    _published("training", "vgg16"),
+    _published("eval", "syncnet_v2"),
+    _published("eval", "sfd_face"),
+    _published("eval", "i3d"),
+    _published("eval", "koniq"),
+    _published("insightface", "insightface_det"),
+    _published("insightface", "insightface_landmarks"),
 )
 
 
@@ -111,11 +139,7 @@ class CheckpointLayout:
 
     root: Path
 
-    # Names accepted by `require`, in the order they are reported.
-    NAMES = (
-        "unet", "whisper", "vae", "syncnet", "syncnet_v2", "sfd_face", "koniq", "videomae", "i3d", "vgg16",
-        "fid_inception", "insightface_det", "insightface_landmarks",
-    )
+    NAMES = tuple(FILES)  # names accepted by `require`, in the order they are reported
     # Files not published on the Hub, so not fetched by `latentsync download`: where each one comes from.
     ELSEWHERE = {
         "fid_inception": "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -125,72 +149,16 @@ class CheckpointLayout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
 
-    @property
-    def unet(self) -> Path:
-        return self.root / "latentsync_unet.pt"
-
-    @property
-    def whisper(self) -> Path:
-        return self.root / "whisper" / "tiny.pt"
-
-    @property
-    def syncnet(self) -> Path:
-        """StableSyncNet (training loss)."""
-        return self.root / "stable_syncnet.pt"
-
-    @property
-    def vae(self) -> Path:
-        """A folder in diffusers format (`config.json` + `diffusion_pytorch_model.safetensors` or `.bin`)."""
-        return self.root / "sd-vae-ft-mse"
+    def __getattr__(self, name: str) -> Path:
+        """`layout.unet`, `layout.vae`, ...: the path of each weight in `FILES`."""
+        if name in FILES and "root" in self.__dict__:
+            return self.root / FILES[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def auxiliary(self) -> Path:
         """Also the InsightFace `root`: it looks for `models/buffalo_l/*.onnx` below it."""
         return self.root / "auxiliary"
-
-    @property
-    def syncnet_v2(self) -> Path:
-        """joonson SyncNet (sync confidence metric and data filtering)."""
-        return self.auxiliary / "syncnet_v2.model"
-
-    @property
-    def sfd_face(self) -> Path:
-        """S3FD face detector (evaluation and data filtering)."""
-        return self.auxiliary / "sfd_face.pth"
-
-    @property
-    def koniq(self) -> Path:
-        """hyperIQA trained on KonIQ (quality filter)."""
-        return self.auxiliary / "koniq_pretrained.pkl"
-
-    @property
-    def videomae(self) -> Path:
-        """VideoMAE v2 ViT-g (TREPA loss)."""
-        return self.auxiliary / "vit_g_hybrid_pt_1200e_ssv2_ft.pth"
-
-    @property
-    def i3d(self) -> Path:
-        """I3D TorchScript (FVD)."""
-        return self.auxiliary / "i3d_torchscript.pt"
-
-    @property
-    def vgg16(self) -> Path:
-        """torchvision VGG16 (LPIPS)."""
-        return self.auxiliary / "vgg16-397923af.pth"
-
-    @property
-    def fid_inception(self) -> Path:
-        """pytorch-fid's Inception weights (FID); published on GitHub, not on the Hub: `latentsync download`
-        does not fetch it (load_fid_inception's error names its URL)."""
-        return self.auxiliary / "pt_inception-2015-12-05-6726825d.pth"
-
-    @property
-    def insightface_det(self) -> Path:
-        return self.auxiliary / "models" / "buffalo_l" / "det_10g.onnx"
-
-    @property
-    def insightface_landmarks(self) -> Path:
-        return self.auxiliary / "models" / "buffalo_l" / "2d106det.onnx"
 
     @property
     def version_file(self) -> Path:
