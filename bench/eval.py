@@ -23,9 +23,11 @@ import cv2
 import numpy as np
 import torch
 
+from latentsync import sync_score as sc
+from latentsync.defaults import SAMPLE_RATE_HZ
 from latentsync.demo import load_portrait, make_talking_clip, synth_speech
-from latentsync.evaluation import sync_confidence as sc
 from latentsync.face.detect import load_face_backend
+from latentsync.face.sync_tracks import track_faces
 from latentsync.media import VideoReader, VideoWriter, decode_audio, write_wav
 from latentsync.models.syncnet_v2 import load_syncnet_v2
 
@@ -87,11 +89,11 @@ def main() -> None:
             t0 = time.perf_counter()
             detections = sc.detect_faces(clip, backend)
             t_detect = time.perf_counter() - t0
-            tracks = sc.track_faces(detections)
+            tracks = track_faces(detections)
             t0 = time.perf_counter()
             crops = [list(sc.track_crops(clip, track)) for track in tracks]  # sync_confidence streams these
             t_crop = time.perf_counter() - t0
-            pcm = sc.pcm16(decode_audio(clip, sc.SAMPLE_RATE_HZ))
+            pcm = sc.pcm16(decode_audio(clip, SAMPLE_RATE_HZ))
             t0 = time.perf_counter()
             windows = 0
             for track, frames in zip(tracks, crops):

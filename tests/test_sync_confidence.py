@@ -15,18 +15,20 @@ import torch
 from scipy.io import wavfile
 
 from latentsync.demo import load_portrait, make_talking_clip, synth_speech
-from latentsync.errors import CheckpointError, InputError
-from latentsync.evaluation.sync_confidence import (
+from latentsync.errors import CheckpointError, ConfigError, InputError
+from latentsync.evaluation.sync_confidence import evaluate_videos, format_results
+from latentsync.face import Face
+from latentsync.face.mediapipe import MediapipeBackend
+from latentsync.face.sync_tracks import crop_face, crop_geometry, track_faces
+from latentsync.media import VideoReader, VideoWriter, decode_audio, write_wav
+from latentsync.models.syncnet_v2 import SyncNetV2, load_syncnet_v2
+from latentsync.sync_score import (
     SAMPLES_PER_FRAME,
     SyncResult,
     TrackResult,
-    crop_face,
-    crop_geometry,
     crop_sync_confidence,
     distance_matrix,
-    evaluate_videos,
     extract_features,
-    format_results,
     mfcc_frames,
     num_windows,
     offset_and_confidence,
@@ -34,12 +36,7 @@ from latentsync.evaluation.sync_confidence import (
     score_crop_video,
     score_features,
     sync_confidence,
-    track_faces,
 )
-from latentsync.face import Face
-from latentsync.face.mediapipe import MediapipeBackend
-from latentsync.media import VideoReader, VideoWriter, decode_audio, write_wav
-from latentsync.models.syncnet_v2 import SyncNetV2, load_syncnet_v2
 
 KEYS_TSV = Path(__file__).parent / "data" / "syncnet-v2-keys.tsv"
 FPS = 25
@@ -479,6 +476,13 @@ def test_sync_confidence_without_faces(tmp_path, net, mediapipe):
     assert "no face track" in format_results([result])
 
 
+def test_sync_confidence_loads_a_named_backend(crop_clip, net):
+    """A backend given by name is loaded by the face loader (training's validation passes none): an unknown
+    name is its one-line ConfigError."""
+    with pytest.raises(ConfigError, match="unknown face backend 'no-such-backend'"):
+        sync_confidence(crop_clip, net, backend="no-such-backend")
+
+
 def test_evaluate_videos_and_formatting(crop_clip, crop_scores, tmp_path, net):
     silent = _write_video(tmp_path / "silent.mp4", [np.zeros((224, 224, 3), np.uint8)] * 8)
     with pytest.raises(InputError):
@@ -498,3 +502,27 @@ def test_evaluate_videos_and_formatting(crop_clip, crop_scores, tmp_path, net):
 def test_result_types():
     r = SyncResult("a.mp4", 1, 7.0, 2.0, [TrackResult(0, 60, 1, 7.0, 2.0)], frames=60)
     assert r.found and not SyncResult("b.mp4", None, None, None, []).found
+
+
+def test_former_import_paths_give_the_same_objects():
+    """The scorer moved to `latentsync.sync_score` and its face tracks to `latentsync.face.sync_tracks`, the
+    datasets to `latentsync.data` (issue 15); the former paths re-export the very same objects for one release."""
+    import latentsync.data.syncnet as syncnet_data
+    import latentsync.data.unet as unet_data
+    import latentsync.evaluation as evaluation
+    import latentsync.evaluation.sync_confidence as former
+    import latentsync.face.sync_tracks as tracks
+    import latentsync.sync_score as core
+    import latentsync.training.syncnet_data as former_syncnet_data
+    import latentsync.training.unet_data as former_unet_data
+
+    for home, names in ((core, core.__all__), (tracks, tracks.__all__)):
+        for name in names:
+            assert getattr(former, name) is getattr(home, name), name
+    assert evaluation.crop_sync_confidence is core.crop_sync_confidence
+    for home, shim in ((syncnet_data, former_syncnet_data), (unet_data, former_unet_data)):
+        assert shim.__all__
+        for name in shim.__all__:
+            assert getattr(shim, name) is getattr(home, name), name
+    assert former_syncnet_data.SyncNetDataset is syncnet_data.SyncNetDataset
+    assert former_unet_data.UNetDataset is unet_data.UNetDataset

@@ -28,11 +28,11 @@ from latentsync.audio import (
     syncnet_mel,
 )
 from latentsync.config import load_syncnet_config
+from latentsync.data.syncnet import LRUMelCache, SyncNetDataset
 from latentsync.errors import InputError
 from latentsync.evaluation.syncnet_accuracy import AccuracyResult, syncnet_accuracy
 from latentsync.media import VideoWriter, decode_audio, write_wav
 from latentsync.models.syncnet import load_syncnet, syncnet_input_shapes
-from latentsync.training.syncnet_data import LRUMelCache, SyncNetDataset
 
 FPS = 25
 SR = 16_000

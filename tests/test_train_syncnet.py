@@ -20,11 +20,11 @@ import pytest
 import torch
 
 from latentsync.config import load_syncnet_config
+from latentsync.data.syncnet import SyncNetDataset
 from latentsync.errors import ConfigError, InputError
 from latentsync.media import VideoWriter, write_wav
 from latentsync.models.syncnet import load_syncnet
 from latentsync.training import state
-from latentsync.training.syncnet_data import SyncNetDataset
 from latentsync.training.train_syncnet import train_syncnet
 
 TINY = "tiny/syncnet"

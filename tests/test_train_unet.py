@@ -113,6 +113,33 @@ def test_bfloat16_autocast_is_close_to_float32_but_not_equal(setup, tmp_path):
             max_steps=1)
 
 
+@pytest.mark.parametrize("overrides, frozen", [
+    (["run.mixed_precision_training=true", "run.mixed_precision_dtype=bf16"], torch.bfloat16),
+    (["run.mixed_precision_training=true", "run.mixed_precision_dtype=fp16"], torch.float16),
+    (["run.mixed_precision_training=true", "run.mixed_precision_dtype=auto"], torch.float16),
+    (["run.mixed_precision_training=false"], torch.float32),
+])
+def test_frozen_networks_on_cuda_take_the_runs_precision(setup, tmp_path, monkeypatch, overrides, frozen):
+    """On CUDA the frozen VAE is loaded in the autocast dtype (a bf16 run was given a float16 VAE), float32
+    without mixed precision. CUDA is simulated up to the VAE's loading: the UNet is built on the CPU."""
+    from latentsync.training import distributed, train_unet as train_unet_module
+
+    class Loaded(Exception):
+        pass
+
+    def load_vae(path, *, device, dtype, **kwargs):
+        seen.update(device=device, dtype=dtype)
+        raise Loaded
+
+    seen = {}
+    monkeypatch.setattr(distributed, "init", lambda device: distributed.Dist(device=torch.device("cuda")))
+    monkeypatch.setattr(train_unet_module, "load_unet", lambda cfg, *args, **kwargs: load_unet(cfg))
+    monkeypatch.setattr(train_unet_module, "load_vae", load_vae)
+    with pytest.raises(Loaded):
+        run(setup, tmp_path / "run", *overrides, max_steps=1)
+    assert seen == {"device": torch.device("cuda"), "dtype": frozen}
+
+
 def test_only_the_trainable_modules_change(setup, tmp_path):
     from latentsync.training.train_unet import _seed_everything
 
@@ -234,7 +261,7 @@ def test_dataset_replaces_a_corrupt_clip_with_the_next_one(setup, tmp_path, capl
 
     from latentsync.config import load_unet_config
     from latentsync.errors import InputError
-    from latentsync.training.unet_data import UNetDataset, WhisperFeatures
+    from latentsync.data.unet import UNetDataset, WhisperFeatures
 
     checkpoints, clips, _ = setup
     folder = tmp_path / "clips"
@@ -263,7 +290,7 @@ def test_dataset_uses_the_published_mask_or_the_configs_mask_image(setup, tmp_pa
     from latentsync.config import load_unet_config
     from latentsync.errors import InputError
     from latentsync.face.mask import mouth_mask
-    from latentsync.training.unet_data import UNetDataset, WhisperFeatures
+    from latentsync.data.unet import UNetDataset, WhisperFeatures
 
     checkpoints, clips, _ = setup
     config = load_unet_config(checkpoints / UNET_CONFIG_NAME)

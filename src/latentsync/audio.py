@@ -58,10 +58,11 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from . import defaults
+from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, InputError
 from .fileio import atomic_write
 from .media import decode_audio
-from .models.checkpoint import materialize, read_checkpoint, resolve_device
+from .models.checkpoint import materialize, read_checkpoint
 from .models.offload import Offloaded, residency
 
 log = logging.getLogger(__name__)
@@ -187,17 +188,6 @@ def default_cache_dir() -> Path:
     return Path(root) / CACHE_SUBDIR
 
 
-def _parse_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    if dtype is None:
-        # The reference ran the encoder in float16 on the GPU (Whisper's transcribe default).
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, str):
-        dtype = getattr(torch, dtype.removeprefix("torch."), None)
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"unsupported Whisper compute dtype {dtype}; use float16, bfloat16 or float32")
-    return dtype
-
-
 def _explicit_qkv_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None):
     """Whisper's `MultiHeadAttention.qkv_attention` with SDPA off (its `disable_sdpa` branch, the same
     operations in the same order), bound to one module so that no other Whisper model is affected."""
@@ -230,7 +220,8 @@ class WhisperAudioEncoder:
         checkpoint: an OpenAI-format Whisper file (`{"dims": ..., "model_state_dict": ...}`, e.g. tiny.pt);
             only its `encoder.*` weights are loaded, strictly.
         device: where the encoder runs (None: the CPU; "auto": CUDA, then MPS, then the CPU).
-        dtype: compute dtype (None: float16 on CUDA, as the reference, else float32). Weights stay float32.
+        dtype: compute dtype, as `devices.resolve_dtype` reads it (None or "auto": float16 on CUDA, as the
+            reference, else float32; "fp16", "bf16", "fp32" or torch's names). Weights stay float32.
         cache_dir: folder for cached hidden states; None: `default_cache_dir()`; False: no caching.
         progress: show a progress bar over the 30 s windows.
         offload: keep the weights in host memory and bring them to `device` only while encoding (low-memory
@@ -253,7 +244,7 @@ class WhisperAudioEncoder:
         whisper = _whisper()
         self.checkpoint = Path(checkpoint)
         self.device = resolve_device(device)
-        self.dtype = _parse_dtype(dtype, self.device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.dims, state = _read_whisper_checkpoint(self.checkpoint)
         self.weights_fingerprint = _fingerprint(state)
         d = self.dims

@@ -31,6 +31,7 @@ import torch
 from .audio import MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder, frame_window, num_video_frames
 from .config import load_unet_config
 from .defaults import DEFAULT_CRF, DEFAULT_DETECT_EVERY, FPS
+from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, InputError, ResourceError
 from .fileio import refuse_overwriting_inputs
 from .face.align import FaceAligner, restore_frames, warp_face
@@ -48,7 +49,6 @@ from .face.tracking import (
 from .face.mask import mouth_mask, mouth_mask_tensor
 from .media import (DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_audio,
                     probe_video)
-from .models.checkpoint import resolve_device
 from .models.unet import load_unet
 from .models.vae import load_vae
 from .pipeline import CHUNK_FRAMES, DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, LipSyncPipeline, SamplingOptions
@@ -156,19 +156,6 @@ def _check_face_options(options: InferenceOptions) -> None:
         log.warning("face detection threshold %.2f (the models' is %.2f): stylised, drawn or 3D faces are not "
                     "what the models were trained on, and less certain detections may not be faces",
                     threshold, MIN_FACE_SCORE)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
-    """"auto": float16 on CUDA (what the published models were run and trained in), float32 elsewhere
-    (CPU half precision is slow; fp16 on MPS produces black frames, spec 10 item 13)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
-    if dtype in names:
-        return names[dtype]
-    if dtype not in (None, "auto"):
-        raise ValueError(f"unknown dtype {dtype!r}; expected auto, fp16, bf16 or fp32")
-    return torch.float16 if device.type == "cuda" else torch.float32
 
 
 def out_of_memory_message(device: torch.device, resolution: int, options: InferenceOptions) -> str:
@@ -312,7 +299,8 @@ class LipSync:
         version: "1.6" (512 px) or "1.5" (256 px); picks the UNet config. Default: what `latentsync download`
             installed there, else 1.6.
         unet_config: a UNet YAML (or packaged name) instead of `version`; its `data.resolution` is used.
-        device: "auto", "cpu", "cuda", "mps" or a torch.device. dtype: "auto", "fp16", "bf16", "fp32".
+        device: "auto", "cpu", "cuda", "cuda:N", "mps" or a torch.device. dtype: "auto" (float16 on CUDA, else
+            float32), "fp16", "bf16", "fp32" (the rules of `latentsync.devices`).
         face_backend: "auto" (InsightFace when its ONNX files are in the checkpoints folder, else mediapipe),
             "insightface" or "mediapipe".
         audio_cache: folder for cached audio features (None: the user cache; False: off).

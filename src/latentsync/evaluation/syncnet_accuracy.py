@@ -6,7 +6,7 @@ another window of the same clip), the net in float16, prediction = cosine simila
 the released `stable_syncnet.pt` on VoxCeleb2 and HDTF after the data pipeline (spec 6).
 
 Differences from the reference: the samples are fixed by `seed` (the dataset honours its index, see
-`latentsync.training.syncnet_data`), so two runs on the same data give the same number; exactly
+`latentsync.data.syncnet`), so two runs on the same data give the same number; exactly
 `num_samples` samples are scored even when the data has fewer clips than that (clips are revisited at other
 windows), where the reference's loop stopped after one pass over the clips.
 """
@@ -22,10 +22,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..config import SyncNetConfig, load_syncnet_config
+from ..data.syncnet import ClipSource, SyncNetDataset
 from ..errors import CheckpointError
 from ..models.checkpoint import resolve_device
 from ..models.syncnet import load_syncnet
-from ..training.syncnet_data import ClipSource, SyncNetDataset
 
 SYNC_THRESHOLD = 0.5  # the reference predicts "in sync" when cos(vision, audio) > 0.5
 DEFAULT_NUM_SAMPLES = 2048  # the reference's num_val_samples

@@ -5,7 +5,7 @@ white (255) = keep, black (0) = regenerate; rows 95-242, two straight cheek band
 nose, the full lower face (columns 9-247) from row 128, tapering to the chin. We ship that exact mask as data,
 `mouth_mask.tsv` beside this module (the zero runs of each row, Apache-2.0, with the sha256 of the array), and
 use it by default everywhere: inference (`pipeline.LipSyncPipeline`) and the training datasets
-(`training.unet_data`).
+(`data.unet`).
 
 Another mask (users ask for larger ones, e.g. with the chin) can be named by path: any square, binary
 (0 / 255, one channel or equal channels) image that OpenCV reads. `data.mask_image_path` in a UNet config and

@@ -8,6 +8,9 @@ Loading builds the module on the meta device (no memory, no init cost) and then 
 file, converted one at a time to the target device and dtype. A 5 GB fp32 checkpoint loaded as fp16 on a GPU
 therefore never exists as a full fp32 copy in RAM: `.pt` files are memory-mapped, safetensors are read
 tensor by tensor.
+
+`resolve_device`, `available_devices` and `DeviceError` are importable from here as before; their home is
+`latentsync.devices`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, DeviceError
+from ..devices import DeviceError, available_devices, resolve_device
+from ..errors import CheckpointError
 from ..fileio import atomic_write
 
 log = logging.getLogger(__name__)
@@ -214,46 +218,26 @@ def load_module(
     return model.eval()
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """None means the CPU (library default, as in diffusers); "auto" picks CUDA, then MPS, then the CPU."""
-    if device is None:
-        return torch.device("cpu")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if _mps_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise DeviceError(f"unknown device {device!r}; available here: {', '.join(available_devices())}") from None
-    if resolved.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0 or (resolved.index or 0) >= count:
-            raise DeviceError(f"device {device!r} is not available (this PyTorch sees {count} CUDA device(s)); "
-                              f"available here: {', '.join(available_devices())}")
-    elif resolved.type == "mps" and not _mps_available():
-        raise DeviceError(f"device {device!r} is not available; available here: {', '.join(available_devices())}")
-    return resolved
-
-
-def available_devices() -> list[str]:
-    """The devices this PyTorch can run on, as `--device` names them."""
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if _mps_available():
-        names.append("mps")
-    return names
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
 def atomic_torch_save(obj: object, path: str | Path) -> Path:
     """`torch.save` to a temporary file beside `path`, then rename: readers never see a half-written file."""
     with atomic_write(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+__all__ = [  # this module's names, and the device rule's former names (its home: `latentsync.devices`)
+    "CheckpointMismatchError",
+    "DeviceError",
+    "KeyReport",
+    "TORCH_SUFFIXES",
+    "atomic_torch_save",
+    "available_devices",
+    "build",
+    "compare_keys",
+    "expected_shapes",
+    "load_module",
+    "materialize",
+    "read_checkpoint",
+    "read_state_dict",
+    "resolve_device",
+]

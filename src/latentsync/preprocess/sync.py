@@ -23,9 +23,9 @@ import av
 import numpy as np
 
 from ..config import PreprocessConfig
-from ..evaluation.sync_confidence import crop_sync_confidence
 from ..fileio import atomic_write
 from ..models.syncnet_v2 import load_syncnet_v2
+from ..sync_score import crop_sync_confidence
 from ..weights import CheckpointLayout, default_checkpoints_dir
 from .base import Item, StepContext, StepResult
 

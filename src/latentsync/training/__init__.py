@@ -1,1 +1,1 @@
-"""Training: datasets over processed clips, losses, and the SyncNet / UNet training loops (spec 7)."""
+"""Training: losses and the SyncNet / UNet training loops (spec 7); the datasets are in `latentsync.data`."""

@@ -12,7 +12,7 @@ What it adds:
   (`training.state`: model, optimiser, gradient scaler, every random generator, the loss histories and the
   data position) with a `latest` pointer; `resume="auto"` continues from it, and steps after the restart
   compute what an uninterrupted run computes. The data position needs no iterator state: the dataset honours
-  its index (`syncnet_data`) and the sampler's order is a function of (seed, epoch), so the position is just
+  its index (`data.syncnet`) and the sampler's order is a function of (seed, epoch), so the position is just
   (epoch, micro-batches consumed in it); a resumed run rebuilds that epoch's order and skips the consumed
   batches without loading them. DataLoaders get their own generator, so starting one never draws from the
   global RNG (which would shift dropout after a resume that falls mid-epoch).
@@ -22,7 +22,7 @@ What it adds:
 * Validation is sharded over the ranks (the reference ran it on rank 0 only while the others waited) over a
   fixed set of `data.num_val_samples` pairs (the same pairs each time, so the curve compares like with like).
 
-Mixed precision (`run.mixed_precision_training`, `run.mixed_precision_dtype`; `training.precision`): by default
+Mixed precision (`run.mixed_precision_training`, `run.mixed_precision_dtype`; `devices`): by default
 float16 autocast with a `GradScaler` on CUDA, as the reference, and bfloat16 without a scaler elsewhere (on an
 AVX-512 CPU about 1.5x faster than float32 for the tiny config). Weights, optimiser state and the loss stay
 float32 (the BCE is computed outside autocast: it is not autocast-safe).
@@ -54,15 +54,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ..audio import SyncNetMelCache
 from ..config import SyncNetConfig, load_syncnet_config, to_dict
+from ..data.syncnet import SyncNetDataset
+from ..devices import Precision, resolve_precision
 from ..errors import ConfigError
 from ..fileio import atomic_write
 from ..models.syncnet import load_syncnet, save_syncnet_checkpoint
 from . import distributed, state
 from .losses import cosine_bce
 from .log import METRICS, MetricsLog
-from .precision import Precision
-from .precision import resolve as resolve_precision
-from .syncnet_data import SyncNetDataset
 
 log = logging.getLogger("latentsync.train")
 

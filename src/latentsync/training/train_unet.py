@@ -6,7 +6,7 @@ attention trained with the pixel-space losses), the efficient variant, at 256 or
 
 The loss is `objective.UNetObjective`; this file only builds the pieces and runs the loop, in sections:
 config -> models -> data -> optimiser -> resume -> loop (step, log, save, validate). Precision: see
-`training.precision` (fp16 with a scaler on CUDA by default, bf16 on request or off CUDA).
+`devices` (fp16 with a scaler on CUDA by default, bf16 on request or off CUDA; frozen nets in that dtype on CUDA).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from ..config import load_unet_config, load_syncnet_config, to_dict
+from ..data.unet import UNetDataset, WhisperFeatures
+from ..devices import resolve_precision
 from ..errors import ConfigError, InputError
 from ..fileio import atomic_write
 from ..models.unet import load_unet, save_unet_checkpoint
@@ -30,8 +32,6 @@ from ..weights import CheckpointLayout, default_checkpoints_dir
 from . import distributed, state
 from .log import MetricsLog
 from .objective import Frozen, UNetObjective
-from .precision import resolve as resolve_precision
-from .unet_data import UNetDataset, WhisperFeatures
 
 log = logging.getLogger("latentsync.train")
 
@@ -96,7 +96,7 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     resume_path = _resume_path(run_dir, resume)
 
     # ---- models --------------------------------------------------------------------------------------
-    frozen_dtype = torch.float16 if cuda else torch.float32
+    frozen_dtype = precision.frozen_dtype  # the VAE, TREPA's ViT and the SyncNet: see devices.Precision
     if cfg.ckpt.resume_ckpt_path and resume_path is None:
         unet = load_unet(cfg, cfg.ckpt.resume_ckpt_path, device=d.device)
     elif init_sd15 is not None and resume_path is None:
@@ -276,7 +276,7 @@ def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path,
         lipsync.run(video, audio, out, InferenceOptions(steps=cfg.run.inference_steps,
                                                         guidance=cfg.run.guidance_scale), progress=False)
         if layout.is_present("syncnet_v2"):
-            from ..evaluation.sync_confidence import sync_confidence
+            from ..sync_score import sync_confidence
 
             result = sync_confidence(out, layout.syncnet_v2, progress=False)
             if result.found:
