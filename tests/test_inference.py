@@ -17,7 +17,8 @@ from latentsync.audio import num_video_frames
 from latentsync.demo import UNET_CONFIG_NAME, load_portrait, synth_speech
 from latentsync.errors import InputError
 from latentsync.face.mediapipe import MediapipeBackend
-from latentsync.inference import InferenceOptions, LipSync, pingpong_index
+from latentsync.inference import InferenceOptions, LipSync
+from latentsync.job import pingpong_index
 from latentsync.media import VideoReader, VideoWriter, probe_video, write_wav
 
 SOURCE_FRAMES = 40

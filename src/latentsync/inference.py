@@ -1,5 +1,7 @@
 """The one inference entry that touches files: stream a video in, lip-sync it to an audio track, stream it out.
 
+`LipSync` loads the models once; each `run` / `process` is a `job.Job`:
+
     decode (reader thread) -> detect + align (prepare thread, warps in a pool) -> denoise (caller's thread)
         -> paste back + encode (writer thread)
 
@@ -17,10 +19,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import queue
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Union
@@ -28,53 +28,27 @@ from typing import Callable, Iterator, Union
 import numpy as np
 import torch
 
-from .audio import MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder, frame_window, num_video_frames
+from .audio import MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder, num_video_frames
 from .config import load_unet_config
 from .defaults import DEFAULT_CRF, DEFAULT_DETECT_EVERY, FPS
 from .devices import resolve_device, resolve_dtype
 from .errors import ConfigError, InputError, ResourceError
 from .fileio import refuse_overwriting_inputs
-from .face.align import FaceAligner, restore_frames, warp_face
 from .face.detect import load_face_backend
 from .defaults import MIN_FACE_SCORE
-from .face.tracking import (
-    INFERENCE_FILTER,
-    MISS_NONE,
-    MISS_RULE,
-    MISS_SMALL,
-    FaceTracker,
-    check_rule,
-    check_threshold,
-)
-from .face.mask import mouth_mask, mouth_mask_tensor
-from .media import (DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_audio,
+from .face.mask import mouth_mask
+from .face.tracking import check_threshold
+from .job import MISSED_WARNING_FRACTION, Job, describe_misses
+from .media import (DEFAULT_PRESET, VideoWriter, check_output_path, decode_audio, probe_audio,
                     probe_video)
 from .models.unet import load_unet
 from .models.vae import load_vae
-from .pipeline import CHUNK_FRAMES, DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, LipSyncPipeline, SamplingOptions
+from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, LipSyncPipeline, SamplingOptions
 from .weights import UNET_CONFIG_FOR_VERSION, CheckpointLayout, default_checkpoints_dir, installed_version
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "1.6"
-REVERSE_SEGMENT_FRAMES = 32  # frames decoded at once to play a stretch of video backwards
-# In flight between stages: a few full frames from the decoder, one chunk each between the other stages (enough
-# for decoding/alignment of chunk k+1 and paste-back/encoding of chunk k-1 to overlap denoising of chunk k).
-# At 1080p a frame is 6 MB: about 90 frames, 0.5 GB, are in memory at the peak, whatever the video's length.
-READ_AHEAD_FRAMES = CHUNK_FRAMES // 2
-QUEUE_CHUNKS = 1
-MAX_PENDING_FRAMES = 4 * CHUNK_FRAMES  # a chunk is closed early when this many frames wait (long faceless runs)
-# A video whose frames run out well before the duration its container declares is damaged.
-TRUNCATED_FRACTION = 0.9
-TRUNCATED_SLACK_FRAMES = 2
-# More than this share of the frames without a face to sync is worth a warning (a wide shot's face too small,
-# a face the detector does not know): the result is then largely the input with the new sound.
-MISSED_WARNING_FRACTION = 0.03
-MISS_PHRASES = {
-    MISS_NONE: "with no face found",
-    MISS_SMALL: f"with faces too small (under {INFERENCE_FILTER.min_width:g} px)",
-    MISS_RULE: "without the chosen face (fewer faces than its number)",
-}
 # Low-memory jobs run the UNet's feed-forward on at most this many tokens at a time: 4 frames of the 64x64 latent
 # at 512 px (`estimate.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7
 # GB; it is no longer the largest term below that, so smaller slices only add kernel launches).
@@ -135,15 +109,7 @@ class InferenceResult:
 
 
 def _missing_summary(count: int, missed: dict[str, int]) -> str:
-    return f"{count} without a face, kept as they were{_reasons(missed)}" if count else ""
-
-
-def _reasons(missed: dict[str, int], lead: str = ": ") -> str:
-    """The frames without a face by reason, most first: "120 with faces too small (under 24 px), 5 with ..."."""
-    if not missed:
-        return ""
-    return lead + ", ".join(f"{n} {MISS_PHRASES.get(reason, reason)}"
-                            for reason, n in sorted(missed.items(), key=lambda kv: -kv[1]))
+    return f"{count} without a face, kept as they were{describe_misses(missed)}" if count else ""
 
 
 def _check_face_options(options: InferenceOptions) -> None:
@@ -185,104 +151,6 @@ def check_inputs(video: str | Path, audio: str | Path, output: str | Path | None
     probe_audio(audio)
     if output is not None:
         check_output_path(output)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Threaded stages
-# --------------------------------------------------------------------------------------------------------
-
-_DONE = object()
-
-
-class _Stage:
-    """Runs `produce(emit)` in a daemon thread; items come out of a bounded queue in order.
-
-    Exceptions raised in the thread are re-raised in the consumer; `close()` stops the producer early."""
-
-    def __init__(self, name: str, produce: Callable[[Callable[[object], None]], None], depth: int):
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, args=(produce,), name=name, daemon=True)
-        self.thread.start()
-
-    def _emit(self, item) -> None:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-        raise _Stopped
-
-    def _run(self, produce) -> None:
-        try:
-            produce(self._emit)
-        except _Stopped:
-            pass
-        except BaseException as e:  # noqa: BLE001 - handed to the consumer thread
-            self.error = e
-        finally:
-            while True:  # the end marker must get through even if the consumer is slow
-                try:
-                    self.queue.put(_DONE, timeout=0.1)
-                    break
-                except queue.Full:
-                    if self.stop.is_set():
-                        break
-
-    def __iter__(self) -> Iterator:
-        while True:
-            item = self.queue.get()
-            if item is _DONE:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield item
-
-    def close(self) -> None:
-        self.stop.set()
-        while True:  # unblock a producer waiting on a full queue
-            try:
-                self.queue.get_nowait()
-            except queue.Empty:
-                break
-        self.thread.join(timeout=10)
-
-
-class _Stopped(Exception):
-    pass
-
-
-# --------------------------------------------------------------------------------------------------------
-# Frame order (ping-pong) and per-chunk data
-# --------------------------------------------------------------------------------------------------------
-
-
-def pingpong_index(j: int, n: int) -> int:
-    """Source frame shown at output position j when a video of n frames is looped forward, backward, ...
-    as the reference does (the turn repeats the end frame: ..., n-2, n-1, n-1, n-2, ...)."""
-    period, pos = divmod(j, n)
-    return pos if period % 2 == 0 else n - 1 - pos
-
-
-@dataclass
-class _Frame:
-    index: int  # output position
-    source: int  # source frame index
-    image: np.ndarray  # (h, w, 3) uint8 RGB
-    face: np.ndarray | None = None  # (R, R, 3) uint8 aligned crop
-    matrix: np.ndarray | None = None  # (2, 3) frame -> crop
-
-
-@dataclass
-class _Chunk:
-    frames: list[_Frame]
-    synced: torch.Tensor | None = None  # (n_with_face, R, R, 3) float32, unclamped (the paste-back clamps)
-
-    @property
-    def with_face(self) -> list[_Frame]:
-        return [f for f in self.frames if f.face is not None]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -484,239 +352,13 @@ class LipSync:
     def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
                  progress: Progress) -> InferenceResult:
         total = num_video_frames(hidden.shape[0], FPS)
-        job = _Job(self, video, expected_frames, hidden, total, options, progress)
+        job = Job(self, video, expected_frames, hidden, total, options, progress)
         job.run(sink)
         if job.frames_with_face == 0:  # raised before the writer is closed: it discards its file
-            raise InputError(f"{video}: no face found in any frame" + _reasons(job.missed))
+            raise InputError(f"{video}: no face found in any frame" + describe_misses(job.missed))
         missing = total - job.frames_with_face
         if missing > MISSED_WARNING_FRACTION * total:
             log.warning("%s: %d of %d frames (%.0f%%) have no face to sync: %s", video, missing, total,
-                        100 * missing / total, _reasons(job.missed, lead=""))
+                        100 * missing / total, describe_misses(job.missed, lead=""))
         return InferenceResult(output=None, frames=total, frames_without_face=missing,
                                face_backend=self.face_backend, seconds=dict(job.timings), missed=dict(job.missed))
-
-
-class _Job:
-    """One run: owns the threads and the per-video state (tracker, aligner, alignment of each source frame)."""
-
-    def __init__(self, lipsync: LipSync, video: Path, expected_frames: int, hidden: torch.Tensor, total: int,
-                 options: InferenceOptions, progress: Progress):
-        self.ls, self.video, self.hidden, self.total = lipsync, video, hidden, total
-        self.expected_frames = expected_frames  # from the container's duration, to recognise truncated files
-        self.options, self.sampling, self.progress = options, lipsync.sampling_for(options), progress
-        self.resolution = lipsync.resolution
-        self.mask = mouth_mask_tensor(self.resolution, source=options.mask)  # 1 R R, this job's only
-        rule = check_rule(options.face)
-        # A fresh backend per job: trackers carry state from frame to frame. Faces from the inference filter's
-        # size (wide shots) at this job's detection threshold.
-        backend = load_face_backend(lipsync.face_backend_name, lipsync.checkpoints, threshold=options.face_threshold)
-        self.tracker = FaceTracker(backend, rule=rule, detect_every=options.detect_every,
-                                   limits=INFERENCE_FILTER.with_score(options.face_threshold))
-        self.aligner = FaceAligner(lipsync.resolution)
-        self.alignment: dict[int, np.ndarray | None] = {}  # source index -> matrix (None: no face)
-        self.miss: dict[int, str] = {}  # source index -> why it has no face (`FaceTracker.miss`)
-        self.missed: dict[str, int] = {}  # output frames without a face, by reason
-        # More output frames than this without a face fail the job (`min_face_fraction`), as soon as it is sure.
-        self.most_missing = (total if not options.min_face_fraction
-                             else int(np.floor((1 - options.min_face_fraction) * total + 1e-9)))
-        self.frames_with_face = 0
-        self.timings = {"decode": 0.0, "align": 0.0, "denoise": 0.0, "restore+encode": 0.0}
-        self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="latentsync-warp")
-
-    # ---- stage 1: source frames in output order ------------------------------------------------------
-    def _read(self, emit) -> None:
-        reader = VideoReader(self.video, fps=FPS)
-        j = 0  # output position
-        t = time.perf_counter()
-        for i, image in enumerate(reader.frames()):
-            self.timings["decode"] += time.perf_counter() - t
-            if j == self.total:  # the video is longer than the audio: cut
-                return
-            emit(_Frame(index=j, source=i, image=image))
-            j += 1
-            t = time.perf_counter()
-        n_source = j
-        if n_source == 0:
-            raise InputError(f"{self.video}: no video frame could be decoded")
-        if n_source < TRUNCATED_FRACTION * self.expected_frames - TRUNCATED_SLACK_FRAMES:
-            raise InputError(f"{self.video}: the video stops after {n_source} of about {self.expected_frames} "
-                             "frames (truncated or corrupt file)")
-        # The audio is longer: replay the video backwards, forwards, ... (ping-pong). Backward passes decode a
-        # segment at a time and reverse it, so memory holds one segment, not the video.
-        segments = [(s, min(s + REVERSE_SEGMENT_FRAMES, n_source)) for s in range(0, n_source, REVERSE_SEGMENT_FRAMES)]
-        while j < self.total:
-            backward = (j // n_source) % 2 == 1
-            for start, stop in reversed(segments) if backward else segments:
-                t = time.perf_counter()
-                images = list(reader.frames(start, stop))
-                self.timings["decode"] += time.perf_counter() - t
-                sources = range(start, start + len(images))
-                pairs = zip(reversed(sources), reversed(images)) if backward else zip(sources, images)
-                for source, image in pairs:
-                    if j == self.total:
-                        return
-                    emit(_Frame(index=j, source=source, image=image))
-                    j += 1
-
-    # ---- stage 2: faces, alignment, chunks ------------------------------------------------------------
-    def _prepare(self, emit) -> None:
-        frames = _Stage("latentsync-read", self._read, depth=READ_AHEAD_FRAMES)
-        try:
-            pending: list[_Frame] = []
-            with_face = 0
-            for frame in frames:
-                t = time.perf_counter()
-                if frame.source not in self.alignment:
-                    face = self.tracker.track(frame.image)
-                    self.alignment[frame.source] = (
-                        None if face is None else self.aligner.matrix(face.points)
-                    )
-                    if face is None:
-                        self.miss[frame.source] = self.tracker.miss or MISS_NONE
-                frame.matrix = self.alignment[frame.source]
-                if frame.matrix is None:
-                    self._missed(frame)
-                pending.append(frame)
-                with_face += frame.matrix is not None
-                self.timings["align"] += time.perf_counter() - t
-                if with_face == CHUNK_FRAMES or len(pending) >= MAX_PENDING_FRAMES:
-                    emit(self._warp(pending))
-                    pending, with_face = [], 0
-            if pending:
-                emit(self._warp(pending))
-        finally:
-            frames.close()
-
-    def _missed(self, frame: _Frame) -> None:
-        reason = self.miss[frame.source]
-        self.missed[reason] = self.missed.get(reason, 0) + 1
-        missing = sum(self.missed.values())
-        if missing > self.most_missing:
-            share = self.options.min_face_fraction
-            raise InputError(f"{self.video}: {missing} of {self.total} frames have no face to sync"
-                             f"{_reasons(self.missed)}; the job asks for a face in at least {share:.0%} of them")
-
-    def _warp(self, frames: list[_Frame]) -> _Chunk:
-        t = time.perf_counter()
-        todo = [f for f in frames if f.matrix is not None]
-        crops = self.pool.map(lambda f: warp_face(f.image, f.matrix, self.resolution), todo)
-        for f, crop in zip(todo, crops):
-            f.face = crop
-        self.timings["align"] += time.perf_counter() - t
-        return _Chunk(frames)
-
-    # ---- stage 4: paste back and encode --------------------------------------------------------------
-    def _finish(self, chunks: "queue.Queue", sink: Callable[[np.ndarray], None], bar) -> None:
-        while True:
-            chunk = chunks.get()
-            if chunk is _DONE:
-                return
-            t = time.perf_counter()
-            faced = chunk.with_face
-            images = [f.image for f in faced]
-            faces = [chunk.synced[k].numpy() for k in range(len(faced))]
-            restored = restore_frames(images, faces, [f.matrix for f in faced], pool=self.pool, inplace=True)
-            for f, image in zip(faced, restored):
-                f.image = image
-            for f in chunk.frames:
-                sink(f.image)
-            self.timings["restore+encode"] += time.perf_counter() - t
-            if bar is not None:
-                bar.update(len(chunk.frames))
-
-    # ---- stage 3 (caller's thread): denoise ----------------------------------------------------------
-    def run(self, sink: Callable[[np.ndarray], None]) -> None:
-        bar = _progress_bar(self.total, self.progress)
-        noise = self.ls.pipeline.initial_noise(self.options.seed)
-        generator = torch.Generator().manual_seed(self.options.seed)
-        chunks = _Stage("latentsync-prepare", self._prepare, depth=QUEUE_CHUNKS)
-        finished: queue.Queue = queue.Queue(maxsize=QUEUE_CHUNKS)
-        errors: list[BaseException] = []
-
-        def finish() -> None:
-            try:
-                self._finish(finished, sink, bar)
-            except BaseException as e:  # noqa: BLE001 - re-raised below
-                errors.append(e)
-                while finished.get() is not _DONE:  # drain so the producer never blocks
-                    pass
-
-        consumer = threading.Thread(target=finish, name="latentsync-write", daemon=True)
-        consumer.start()
-        batch: list[_Chunk] = []  # full-length chunks waiting to share one UNet call
-
-        def denoise(group: list[_Chunk]) -> None:
-            if not group:
-                return
-            t = time.perf_counter()
-            faces = torch.from_numpy(np.stack([np.stack([f.face for f in c.with_face]) for c in group]))
-            tokens = torch.stack([self._tokens([f.index for f in c.with_face]) for c in group])
-            synced = self.ls.pipeline(faces, tokens, self.sampling, generator=generator, latents=noise, mask=self.mask,
-                                      output_type="float")  # n f R R 3, float in ~[0, 255], unclamped
-            self.timings["denoise"] += time.perf_counter() - t
-            for c, out in zip(group, synced):
-                c.synced = out
-                finished.put(c)
-            group.clear()
-
-        try:
-            for chunk in chunks:
-                if errors:
-                    break
-                n_faces = len(chunk.with_face)
-                self.frames_with_face += n_faces
-                if n_faces == CHUNK_FRAMES:
-                    batch.append(chunk)
-                    if len(batch) == self.options.batch_chunks:
-                        denoise(batch)
-                    continue
-                denoise(batch)  # chunks leave in order: the waiting ones first
-                if n_faces:
-                    denoise([chunk])
-                else:
-                    finished.put(chunk)
-            if not errors:
-                denoise(batch)
-        finally:
-            chunks.close()
-            finished.put(_DONE)
-            consumer.join()
-            self.pool.shutdown()
-            self.tracker.close()
-            if bar is not None:
-                bar.close()
-        if errors:
-            raise errors[0]
-
-    def _tokens(self, indices: list[int]) -> torch.Tensor:
-        """Audio tokens of the given output frames, (n, t, d), sliced from the 50 Hz hidden states."""
-        if indices == list(range(indices[0], indices[0] + len(indices))):
-            return frame_window(self.hidden, indices[0], len(indices), fps=FPS)
-        return torch.cat([frame_window(self.hidden, i, 1, fps=FPS) for i in indices])
-
-
-class _CallbackBar:
-    """The two methods of a tqdm bar the job uses, reporting to a `progress(stage, done, total)` callable."""
-
-    def __init__(self, callback: Callable[[str, int, int], None], total: int, stage: str):
-        self.callback, self.total, self.stage, self.done = callback, total, stage, 0
-        callback(stage, 0, total)
-
-    def update(self, n: int) -> None:
-        self.done += n
-        self.callback(self.stage, self.done, self.total)
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(total: int, progress: Progress):
-    if callable(progress):
-        return _CallbackBar(progress, total, "lip sync")
-    if not progress:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="lip sync", unit="frame", dynamic_ncols=True)
-
-
