@@ -247,3 +247,21 @@ def test_user_errors(data, tmp_path):
         train_syncnet(TINY, tmp_path / "d", overrides=_overrides(data), resume=tmp_path / "nope.pt", progress=False)
     with pytest.raises(ConfigError, match="unknown key"):
         train_syncnet(TINY, tmp_path / "e", overrides=_overrides(data, "run.nonsense=1"), progress=False)
+
+
+def test_both_trainers_share_one_resume_rule(tmp_path):
+    """`state.find_state` is the rule of both trainers: "auto" takes the latest state (none for a new folder),
+    "never" refuses a folder holding a run (a state, or metrics alone), a named state must exist."""
+    from latentsync.training import state
+
+    run = tmp_path / "run"
+    assert state.find_state(run, "auto") is None and state.find_state(run, "never") is None
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        state.find_state(run, "never")
+    saved = state.save(run, 7, model=torch.nn.Linear(2, 2),
+                       optimizer=torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1))
+    assert state.find_state(run, "auto") == saved == state.find_state(run, saved)
+    with pytest.raises(ConfigError, match="not a training state file"):
+        state.find_state(run, tmp_path / "missing.pt")

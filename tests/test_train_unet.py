@@ -141,11 +141,11 @@ def test_frozen_networks_on_cuda_take_the_runs_precision(setup, tmp_path, monkey
 
 
 def test_only_the_trainable_modules_change(setup, tmp_path):
-    from latentsync.training.train_unet import _seed_everything
+    from latentsync.training.state import seed_everything
 
     checkpoints = setup[0]
     run(setup, tmp_path / "run", "ckpt.save_ckpt_steps=2", max_steps=2)  # tiny config: motion_modules., attentions.
-    _seed_everything(1247)  # the run's seed (run.seed + rank 0): the same fresh weights it started from
+    seed_everything(1247)  # the run's seed (run.seed + rank 0): the same fresh weights it started from
     before = load_unet(checkpoints / UNET_CONFIG_NAME).state_dict()
     after = torch.load(tmp_path / "run" / "exports" / "unet-00000002.pt", weights_only=True)["state_dict"]
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}

@@ -1,12 +1,14 @@
-"""Training state that a killed run resumes from exactly: model, optimiser, gradient scaler, learning-rate
-schedule, step, every random generator, and the resolved config, with a `latest` pointer (k-diffusion's and
-lucidrains' habit: the checkpoint holds everything needed to go on).
+"""A training run's folder, for both trainers: the state a killed run resumes from exactly (model, optimiser,
+gradient scaler, learning-rate schedule, step, every random generator, and the resolved config, with a `latest`
+pointer: k-diffusion's and lucidrains' habit, the checkpoint holds everything needed to go on), the resume rule
+(`find_state`), seeding (`seed_everything`), the resolved config file and the exports folder.
 
 Run folder layout (one per run; running the same command again with `--resume auto` continues it):
 
     config.yaml                 the resolved config of the run
     checkpoints/state-00001000.pt  full training state at step 1000
     checkpoints/latest          the file name of the newest complete state (written after it)
+    exports/                    the published-format weights of each save (what inference loads)
     metrics.jsonl, charts/      see log.py
 """
 
@@ -19,12 +21,51 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write
 from ..models.checkpoint import atomic_torch_save
+from .log import METRICS
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
+EXPORT_DIR = "exports"
+CONFIG_FILE = "config.yaml"
+RESUME_MODES = ("auto", "never")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's generators (CUDA's too) from `seed` (numpy's takes it modulo 2**32)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def find_state(run_dir: Path, resume: str | Path) -> Path | None:
+    """The state a run starts from: "auto" the run's latest (None for a new run), "never" none (ConfigError when
+    the folder already holds a run: a state or metrics, so a new run never overwrites one), or a state file
+    (ConfigError when it is not there)."""
+    run_dir = Path(run_dir)
+    if isinstance(resume, str) and resume in RESUME_MODES:
+        if resume == "auto":
+            return latest(run_dir)
+        if latest(run_dir) is not None or (run_dir / METRICS).exists():
+            raise ConfigError(f"{run_dir}: already holds a training run; resume it (--resume auto) or choose "
+                              "another run folder")
+        return None
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"resume: {path} is not a training state file (or auto / never)")
+    return path
+
+
+def write_config(run_dir: Path, config: dict) -> Path:
+    """The run's resolved config as `run_dir/config.yaml` (written atomically)."""
+    import yaml
+
+    path = Path(run_dir) / CONFIG_FILE
+    with atomic_write(path) as tmp:
+        tmp.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def rng_state() -> dict[str, Any]:
@@ -120,4 +161,5 @@ def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer, scaler=
     return int(state["step"])
 
 
-__all__ = ["gather_rng", "latest", "load", "restore", "rng_state", "save", "set_rng_state"]
+__all__ = ["find_state", "gather_rng", "latest", "load", "restore", "rng_state", "save", "seed_everything",
+           "set_rng_state", "write_config"]

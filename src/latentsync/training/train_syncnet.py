@@ -49,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..audio import SyncNetMelCache
@@ -57,18 +56,14 @@ from ..config import SyncNetConfig, load_syncnet_config, to_dict
 from ..data.syncnet import SyncNetDataset
 from ..devices import Precision, resolve_precision
 from ..errors import ConfigError
-from ..fileio import atomic_write
 from ..models.syncnet import load_syncnet, save_syncnet_checkpoint
 from . import distributed, state
 from .losses import cosine_bce
-from .log import METRICS, MetricsLog
+from .log import MetricsLog
 
 log = logging.getLogger("latentsync.train")
 
 SYNC_THRESHOLD = 0.5  # predicted in sync when cos > 0.5 (the reference's accuracy evaluation)
-EXPORT_DIR = "exports"
-CONFIG_FILE = "config.yaml"
-RESUME_MODES = ("auto", "never")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -184,42 +179,6 @@ def _get(cfg: SyncNetConfig, dotted: str) -> Any:
     return getattr(getattr(cfg, section), key)
 
 
-def _find_state(run_dir: Path, resume: str | os.PathLike) -> Path | None:
-    """The state to resume from: the run's latest ("auto"), none ("never"; refused if the folder holds a run),
-    or the given file."""
-    if isinstance(resume, str) and resume in RESUME_MODES:
-        if resume == "auto":
-            return state.latest(run_dir)
-        if state.latest(run_dir) is not None or (run_dir / METRICS).exists():
-            raise ConfigError(f"{run_dir}: already holds a training run; resume it (resume='auto') or choose "
-                              "another run folder")
-        return None
-    path = Path(resume)
-    if not path.is_file():
-        raise ConfigError(f"resume: {path} is not a training state file (or 'auto' / 'never')")
-    return path
-
-
-def _seed_all(seed: int) -> None:
-    import random
-
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds CUDA too
-
-
-def _write_config(run_dir: Path, cfg: SyncNetConfig) -> None:
-    with atomic_write(run_dir / CONFIG_FILE) as tmp:
-        tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-# --------------------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------------------
-
-
 def train_syncnet(
     config: str | os.PathLike | dict | SyncNetConfig,
     run_dir: str | os.PathLike,
@@ -273,7 +232,7 @@ def train_syncnet(
     if train_source is None:
         raise ConfigError("SyncNet config: data.train_fileslist and data.train_data_dir are both empty; "
                           "set one to the processed training clips")
-    state_path = _find_state(run_dir, resume)  # before any work: a refused folder fails fast
+    state_path = state.find_state(run_dir, resume)  # before any work: a refused folder fails fast
 
     owns_group = not torch.distributed.is_initialized()
     d = distributed.init(device)
@@ -294,16 +253,16 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
     accum = data.gradient_accumulation_steps
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_config(run_dir, cfg)
+        state.write_config(run_dir, to_dict(cfg))
 
     # ---- model -----------------------------------------------------------------------------------------
     # The same seed on every rank for the initial weights (DDP also broadcasts rank 0's); then seed + rank so
     # that ranks draw different dropout masks, as the reference.
-    _seed_all(run.seed)
+    state.seed_everything(run.seed)
     initial = None if state_path is not None else (cfg.ckpt.resume_ckpt_path or None)
     net = load_syncnet(cfg, initial, device=d.device, dtype=torch.float32).train()
     net.enable_gradient_checkpointing(gradient_checkpointing)
-    _seed_all(run.seed + d.rank)
+    state.seed_everything(run.seed + d.rank)
     # AdamW with torch's default betas and weight decay (0.9/0.999, 0.01), constant lr: the reference's.
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.optimizer.lr)
     precision = resolve_precision(d.device, run.mixed_precision_training, run.mixed_precision_dtype)
@@ -373,8 +332,8 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
         result["state"] = state.save(run_dir, step, model=net, optimizer=optimizer,
                                      scaler=scaler if use_scaler else None, config=to_dict(cfg), extra=extra,
                                      rngs=rngs)
-        result["export"] = save_syncnet_checkpoint(net, run_dir / EXPORT_DIR / f"syncnet-{step:08d}.pt", step,
-                                                   **history)
+        export = run_dir / state.EXPORT_DIR / f"syncnet-{step:08d}.pt"
+        result["export"] = save_syncnet_checkpoint(net, export, step, **history)
 
     # ---- loop ------------------------------------------------------------------------------------------
     from tqdm.auto import tqdm

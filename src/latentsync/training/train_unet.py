@@ -12,11 +12,9 @@ config -> models -> data -> optimiser -> resume -> loop (step, log, save, valida
 from __future__ import annotations
 
 import logging
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
@@ -24,7 +22,6 @@ from ..config import load_unet_config, load_syncnet_config, to_dict
 from ..data.unet import UNetDataset, WhisperFeatures
 from ..devices import resolve_precision
 from ..errors import ConfigError, InputError
-from ..fileio import atomic_write
 from ..models.unet import load_unet, save_unet_checkpoint
 from ..models.vae import load_vae
 from ..pipeline import make_scheduler
@@ -35,7 +32,6 @@ from .objective import Frozen, UNetObjective
 
 log = logging.getLogger("latentsync.train")
 
-EXPORT_DIR = "exports"
 VALIDATION_DIR = "validation"
 
 
@@ -51,12 +47,6 @@ class _OffsetSampler(Sampler):
 
     def __len__(self) -> int:
         return max(0, len(self.sampler) - self.offset)
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _trainable(unet: torch.nn.Module, modules: tuple[str, ...], use_motion_module: bool) -> list[torch.nn.Parameter]:
@@ -88,12 +78,12 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     cfg = load_unet_config(config, overrides)
     run_dir = Path(run_dir)
     d = distributed.init(device)
-    _seed_everything(cfg.run.seed + d.rank)
+    state.seed_everything(cfg.run.seed + d.rank)
     layout = CheckpointLayout(checkpoints or default_checkpoints_dir())
     total_steps = max_steps if max_steps is not None else cfg.run.max_train_steps
     cuda = d.device.type == "cuda"
     precision = resolve_precision(d.device, cfg.run.mixed_precision_training, cfg.run.mixed_precision_dtype)
-    resume_path = _resume_path(run_dir, resume)
+    resume_path = state.find_state(run_dir, resume)
 
     # ---- models --------------------------------------------------------------------------------------
     frozen_dtype = precision.frozen_dtype  # the VAE, TREPA's ViT and the SyncNet: see devices.Precision
@@ -159,10 +149,7 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
         log.info("resumed %s at step %d", resume_path, step)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_write(run_dir / "config.yaml") as tmp:
-            import yaml
-
-            tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        state.write_config(run_dir, to_dict(cfg))
     metrics = MetricsLog(run_dir, enabled=d.is_main, resume_step=step if resume_path else None)
 
     # ---- loop ----------------------------------------------------------------------------------------
@@ -229,20 +216,6 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     return result
 
 
-def _resume_path(run_dir: Path, resume: str) -> Path | None:
-    if resume == "auto":
-        return state.latest(run_dir)
-    if resume == "never":
-        if state.latest(run_dir) is not None:
-            raise ConfigError(f"{run_dir}: already holds a training run; resume it (--resume auto) or choose "
-                              "another run folder")
-        return None
-    path = Path(resume)
-    if not path.is_file():
-        raise InputError(f"{path}: training state not found")
-    return path
-
-
 def _save(run_dir: Path, step: int, unet, optimizer, scaler, lr_schedule, cfg, d) -> None:
     """The full state (to resume) and the published-format weights (for `load_unet` and inference). Called
     on every rank: the generator states of all ranks are gathered first."""
@@ -251,7 +224,7 @@ def _save(run_dir: Path, step: int, unet, optimizer, scaler, lr_schedule, cfg, d
         return
     state.save(run_dir, step, model=unet, optimizer=optimizer, scaler=scaler, scheduler=lr_schedule,
                config=to_dict(cfg), rngs=rngs)
-    save_unet_checkpoint(unet, run_dir / EXPORT_DIR / f"unet-{step:08d}.pt", global_step=step)
+    save_unet_checkpoint(unet, run_dir / state.EXPORT_DIR / f"unet-{step:08d}.pt", global_step=step)
 
 
 def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path, step: int,
