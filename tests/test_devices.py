@@ -184,6 +184,37 @@ def test_frozen_networks_follow_the_precision(device, enabled, name, frozen):
     assert resolve_precision(device, enabled, name).frozen_dtype == frozen
 
 
+# ---- a training rank's device ------------------------------------------------------------------------------
+
+
+def test_a_training_rank_takes_its_own_gpu_and_never_a_device_that_is_not_there(two_gpus, no_accelerator_later):
+    """The trainers' `distributed.rank_device` follows the same rule: "auto" and a bare "cuda" are this rank's
+    GPU (cuda:LOCAL_RANK); a GPU that is not there is a DeviceError (it was a crash in `set_device`), and
+    "cuda" on a machine without one is a DeviceError too (it silently trained on the CPU)."""
+    from latentsync.errors import DeviceError
+    from latentsync.training.distributed import rank_device
+
+    assert rank_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert rank_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert rank_device("cuda:0", local_rank=1) == torch.device("cuda", 0)
+    assert rank_device("cpu", local_rank=1) == CPU
+    with pytest.raises(DeviceError, match="cuda:3"):
+        rank_device("cuda", local_rank=3)
+    no_accelerator_later()
+    assert rank_device("auto") == CPU
+    with pytest.raises(DeviceError, match="not available"):
+        rank_device("cuda")
+
+
+@pytest.fixture
+def no_accelerator_later(monkeypatch):
+    """Call it to take the GPUs away mid-test."""
+    def take_away():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    return take_away
+
+
 # ---- the former homes -------------------------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..devices import resolve_device
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -31,17 +33,26 @@ class Dist:
         return self.world_size > 1
 
 
+def rank_device(device: str | torch.device, local_rank: int = 0) -> torch.device:
+    """This rank's device, by `devices.resolve_device`'s rule (DeviceError for one that is not there), with two
+    readings of its own: "auto" is this rank's GPU when there is one, else the CPU (training does not move to
+    MPS unasked), and a bare "cuda" is this rank's GPU, `cuda:LOCAL_RANK`."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    target = resolve_device(device)
+    if target.type == "cuda" and target.index is None:
+        target = resolve_device(f"cuda:{local_rank}")
+    return target
+
+
 def init(device: str = "auto") -> Dist:
-    """Join the process group when launched by torchrun; choose this rank's device ("auto": its GPU if any)."""
+    """Join the process group when launched by torchrun; choose this rank's device (`rank_device`)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and device in ("auto", "cuda") or str(device).startswith("cuda:")
-    if use_cuda:
-        target = torch.device(device) if str(device).startswith("cuda:") else torch.device("cuda", local_rank)
+    target = rank_device(device, local_rank)
+    if target.type == "cuda":
         torch.cuda.set_device(target)
-    else:
-        target = torch.device("cpu" if device in ("auto", "cuda") else device)
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if target.type == "cuda" else "gloo")
     return Dist(rank=rank, world_size=world_size, local_rank=local_rank, device=target)
