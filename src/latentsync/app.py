@@ -20,8 +20,8 @@ API answer and error, and maps it back in their requests.
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import os
 import shutil
 import signal
@@ -35,7 +35,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Union
 from urllib.parse import quote
 
-from .defaults import DEFAULT_GUIDANCE, DEFAULT_HOST, DEFAULT_PORT, DEFAULT_SEED, DEFAULT_STEPS  # noqa: F401
+from .defaults import (
+    DEFAULT_CRF,
+    DEFAULT_GUIDANCE,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    DEFAULT_PRESET,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    FPS,
+)
 from .errors import InputError, LatentSyncError
 
 if TYPE_CHECKING:  # the models load with the server, not when its options are listed (`latentsync app --help`)
@@ -48,7 +57,7 @@ log = logging.getLogger(__name__)
 
 # Output quality presets offered in the page: (x264 constant rate factor, encoder preset).
 QUALITY = {
-    "standard": (18, "veryfast"),  # visually lossless, fast to encode (the CLI's default)
+    "standard": (DEFAULT_CRF, DEFAULT_PRESET),  # visually lossless, fast to encode (the CLI's default)
     "high": (14, "medium"),  # larger files, slower encode
     "small file": (23, "veryfast"),  # for sharing
 }
@@ -321,7 +330,7 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
             raise gr.Error(f"internal error ({type(e).__name__}); the server log has the details",
                            duration=None, print_exception=False) from None
         missing = f"; {result.missing_summary()}" if result.frames_without_face else ""
-        status = (f"{result.frames} frames ({result.frames / 25:.1f} s) in {time.perf_counter() - t0:.1f} s"
+        status = (f"{result.frames} frames ({result.frames / FPS:.1f} s) in {time.perf_counter() - t0:.1f} s"
                   f"{missing}.")
         return str(out), status
 

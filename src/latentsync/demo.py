@@ -9,6 +9,7 @@ Random weights regenerate the mouth region with an untrained network: the output
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +48,27 @@ def portrait_path() -> Path:
 
 
 def load_portrait() -> np.ndarray:
-    """The portrait as RGB uint8 (600, 512, 3)."""
+    """The portrait as RGB uint8 (600, 512, 3), an array of the caller's own."""
+    return _portrait().copy()
+
+
+@functools.lru_cache(maxsize=1)
+def _portrait() -> np.ndarray:
+    """The portrait decoded once, read-only (clips of many frames paste it into every one)."""
     import cv2
 
-    image = cv2.imread(str(portrait_path()), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    image = cv2.cvtColor(cv2.imread(str(portrait_path()), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    image.setflags(write=False)
+    return image
+
+
+@functools.lru_cache(maxsize=4)
+def _backdrop(w: int, h: int) -> np.ndarray:
+    """The wide shots' plain backdrop (h, w, 3) uint8, read-only: gentle colour gradients."""
+    ys, xs = np.mgrid[:h, :w]
+    frame = np.stack([70 + 40 * xs / w, 80 + 30 * ys / h, 90 + 20 * (xs + ys) / (w + h)], -1).astype(np.uint8)
+    frame.setflags(write=False)
+    return frame
 
 
 def write_tiny_checkpoints(root: str | Path, seed: int = 0, resolution: int = DEMO_RESOLUTION) -> Path:
@@ -148,9 +165,8 @@ def wide_shot_frame(size: tuple[int, int], placements: list[Placement], t: float
     import cv2
 
     w, h = size
-    portrait = load_portrait()
-    ys, xs = np.mgrid[:h, :w]
-    frame = np.stack([70 + 40 * xs / w, 80 + 30 * ys / h, 90 + 20 * (xs + ys) / (w + h)], -1).astype(np.uint8)
+    portrait = _portrait()
+    frame = _backdrop(w, h).copy()
     fx1, fy1, fx2, fy2 = PORTRAIT_FACE_BOX
     transforms = []
     for place in placements:

@@ -35,6 +35,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .defaults import FPS
+
 GiB = 2**30
 
 
@@ -284,7 +286,7 @@ class FlopCount:
     def total(self) -> int:
         return sum(self.phases.values())
 
-    def per_video_second(self, fps: float = 25.0) -> float:
+    def per_video_second(self, fps: float = FPS) -> float:
         return self.total * fps / self.frames
 
 

@@ -118,6 +118,6 @@ def print_result(data: dict, as_json: bool, text: str) -> None:
 
 
 def check_device(name: str):
-    from ..models.checkpoint import resolve_device
+    from ..devices import resolve_device
 
     return resolve_device(name)

@@ -192,8 +192,8 @@ class MediapipeBackend:
         per face (NMS), highest score first."""
         h, w = frame.shape[:2]
         found = [self._detections(frame, 0, 0, inner=())]
-        smallest_whole = FULL_RANGE_MIN_FACE / FULL_RANGE_INPUT * max(h, w)
-        if smallest_whole > FULL_RANGE_MIN_FACE / FULL_RANGE_INPUT * self.tile * 1.5:  # tiles find smaller faces
+        if max(h, w) > 1.5 * self.tile:  # tiles find smaller faces than the whole frame does
+            smallest_whole = FULL_RANGE_MIN_FACE / FULL_RANGE_INPUT * max(h, w)
             overlap = min(self.tile // 2, int(np.ceil(smallest_whole * 1.3)))  # a face's height over its width
             for y0 in _tile_starts(h, self.tile, overlap):
                 for x0 in _tile_starts(w, self.tile, overlap):
@@ -202,7 +202,7 @@ class MediapipeBackend:
                                                     ("right", x0 + self.tile < w), ("bottom", y0 + self.tile < h))
                              if cut]
                     found.append(self._detections(tile, x0, y0, inner))
-        dets = np.concatenate(found) if found else np.zeros((0, 5), np.float32)
+        dets = np.concatenate(found)
         if not len(dets):
             return np.zeros((0, 4), np.float32), np.zeros(0, np.float32)
         dets = dets[nms(dets, DETECT_NMS_IOU)]

@@ -27,7 +27,7 @@ import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
 
 from ..config import PreprocessConfig
-from ..defaults import DEFAULT_CRF
+from ..defaults import DEFAULT_CRF, FPS, SAMPLE_RATE_HZ
 from ..errors import InputError
 from ..fileio import atomic_write
 from ..media import (
@@ -57,8 +57,8 @@ CFR_TOLERANCE = Fraction(1, 50)
 def resample_video(
     src: str | os.PathLike,
     dst: str | os.PathLike,
-    fps: float = 25,
-    audio_rate: int = 16_000,
+    fps: float = FPS,
+    audio_rate: int = SAMPLE_RATE_HZ,
     crf: int = RESAMPLE_CRF,
     preset: str = DEFAULT_PRESET,
     allow_copy: bool = True,
