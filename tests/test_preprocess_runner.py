@@ -120,6 +120,9 @@ def test_what_passes_and_what_is_rejected_why(full_run, dataset):
     assert (steps["check"].inputs, steps["check"].outputs) == (4, 2)
     assert steps["shots"].outputs == 3  # spk2 was cut in two
     assert summary.clips_out == 2
+    # Hours in: the two readable talking videos (4.4 s each); out: spk1 whole, spk2 until its cut at 2 s.
+    assert summary.hours_in * 3600 == pytest.approx(8.8, abs=0.05)
+    assert summary.hours_out * 3600 == pytest.approx(6.4, abs=0.05)
     # The input folder is exactly as it was: no file added, changed or removed (the reference deletes).
     assert snapshot(dataset[0]) == before
 

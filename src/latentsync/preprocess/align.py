@@ -18,16 +18,17 @@ from ..face.align import FaceAligner, warp_face
 from ..face.detect import load_face_backend
 from ..face.tracking import FaceTracker, check_rule
 from ..media import VideoReader, VideoWriter
-from .base import Item, StepContext, StepResult
+from .base import Item, Step, StepContext, StepResult
 
 VERSION = 1
 
 
-class AlignStep:
+class AlignStep(Step):
     name = "align"
+    loads_models = True
 
     def __init__(self, config: PreprocessConfig):
-        self.config = config
+        super().__init__(config)
         self.rule = check_rule(config.face)
 
     def params(self) -> dict[str, Any]:
@@ -36,10 +37,8 @@ class AlignStep:
                 "face_backend": c.face_backend, "crf": c.aligned_crf}
 
     def _backend(self, ctx: StepContext):
-        key = ("face_backend", self.config.face_backend, str(ctx.checkpoints))
-        if key not in ctx.models:
-            ctx.models[key] = load_face_backend(self.config.face_backend, ctx.checkpoints)
-        backend = ctx.models[key]
+        backend = ctx.model(("face_backend", self.config.face_backend, str(ctx.checkpoints)),
+                            lambda: load_face_backend(self.config.face_backend, ctx.checkpoints))
         if hasattr(backend, "reset"):
             backend.reset()  # a new clip: mediapipe's video mode must not track the previous clip's face
         return backend

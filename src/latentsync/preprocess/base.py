@@ -18,7 +18,13 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..devices import resolve_device
+from ..weights import CheckpointLayout, default_checkpoints_dir
+
+if TYPE_CHECKING:
+    from ..config import PreprocessConfig
 
 SUFFIX_SEPARATOR = "#"
 
@@ -89,8 +95,8 @@ class StepContext:
 
     `output_dir`: this step's folder under the output root; write files only through `output_path` (and
     `latentsync.fileio.atomic_write`, so a killed run never leaves a half-written file under its final name).
-    `device`: where model-based steps run. `models`: a per-process cache for loaded networks (a step loads its
-    network once per worker: `ctx.models.setdefault(key, ...)`). `checkpoints`: the weights folder.
+    `device`: where model-based steps run. `models`: a per-process cache for loaded networks, filled through
+    `model()` / `load_weights()` so a step loads its network once per worker. `checkpoints`: the weights folder.
     """
 
     output_dir: Path
@@ -102,16 +108,43 @@ class StepContext:
         """Where this step writes the file for `item`: the item's id made into a relative path."""
         return self.output_dir / f"{safe_relative_name(item.id)}{suffix}"
 
+    def model(self, key: tuple, load: Callable[[], Any]) -> Any:
+        """The object cached under `key` for this process, made by `load()` the first time."""
+        if key not in self.models:
+            self.models[key] = load()  # not setdefault: a failed load caches nothing
+        return self.models[key]
 
-class Step(Protocol):
+    def load_weights(self, name: str, load: Callable[..., Any]) -> Any:
+        """The network in the checkpoints folder's file `name` (a `weights.FILES` entry), loaded once per
+        process and device by `load(path, device=...)`; CheckpointError naming the file if it is missing."""
+        layout = CheckpointLayout(self.checkpoints if self.checkpoints is not None else default_checkpoints_dir())
+        device = resolve_device(self.device)
+        path = getattr(layout, name)
+        return self.model((name, str(path.absolute()), str(device)),
+                          lambda: load(layout.require(name)[0], device=device))
+
+
+class Step:
     """A pipeline step. `params()` returns everything that changes its outputs (thresholds, resolution, and a
-    `version` bumped when the code changes them): a done marker whose parameters differ is redone."""
+    `version` bumped when the code changes them): a done marker whose parameters differ is redone.
+
+    `weights`: the checkpoint files (`weights.FILES` names) the step needs; the runner checks them all before
+    any work. `loads_models`: the step keeps networks in `ctx.models`, so executors that can (Ray) run it in
+    long-lived workers that load them once.
+    """
 
     name: str
+    weights: tuple[str, ...] = ()
+    loads_models: bool = False
 
-    def params(self) -> dict[str, Any]: ...
+    def __init__(self, config: "PreprocessConfig"):
+        self.config = config
 
-    def run(self, item: Item, ctx: StepContext) -> StepResult: ...
+    def params(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def run(self, item: Item, ctx: StepContext) -> StepResult:
+        raise NotImplementedError
 
 
 def params_hash(params: dict[str, Any]) -> str:

@@ -17,10 +17,9 @@ from typing import Any
 
 import av
 
-from ..config import PreprocessConfig
 from ..errors import InputError
 from ..media import probe_audio, probe_video
-from .base import Item, StepContext, StepResult
+from .base import Item, Step, StepContext, StepResult
 
 VERSION = 1
 # A stream that decodes to less than this fraction of the duration its container declares (less a little
@@ -90,13 +89,10 @@ def _truncated(decoded_s: float, declared_s: float | None) -> bool:
     return declared_s is not None and decoded_s < TRUNCATED_FRACTION * declared_s - TRUNCATED_SLACK_S
 
 
-class CheckStep:
+class CheckStep(Step):
     """Reject unreadable, silent, too short or damaged videos; pass the others on with what was measured."""
 
     name = "check"
-
-    def __init__(self, config: PreprocessConfig):
-        self.config = config
 
     def params(self) -> dict[str, Any]:
         return {"version": VERSION, "min_duration_s": self.config.min_duration_s,

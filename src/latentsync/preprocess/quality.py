@@ -20,13 +20,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..config import PreprocessConfig
 from ..errors import InputError
 from ..media import DEFAULT_FPS, VideoReader
-from ..models.checkpoint import resolve_device
 from ..models.hyperiqa import INPUT_SIZE, HyperNet, load_hyperiqa, normalize
-from ..weights import CheckpointLayout, default_checkpoints_dir
-from .base import Item, StepContext, StepResult
+from .base import Item, Step, StepContext, StepResult
 
 VERSION = 1
 UINT8_MAX = 255.0
@@ -103,34 +100,22 @@ def clip_quality(path: str | Path, model: HyperNet, start: int = 0, stop: int | 
     return float(score_frames(model, frames).mean())
 
 
-class QualityStep:
+class QualityStep(Step):
     """Keeps an item if its visual quality (`clip_quality`) is >= `config.quality_threshold`.
 
     Kept items go on unchanged, with `meta["quality"]`; rejected ones record the score as a metric.
     """
 
     name = "quality"
-    weights = ("koniq",)  # checked by the runner before any work
-
-    def __init__(self, config: PreprocessConfig):
-        self.config = config
+    weights = ("koniq",)
+    loads_models = True
 
     def params(self) -> dict[str, Any]:
         c = self.config
         return {"version": VERSION, "quality_threshold": c.quality_threshold, "fps": c.video_fps}
 
-    def _model(self, ctx: StepContext) -> HyperNet:
-        """The network, loaded once per process and device (CheckpointError if the weights are missing)."""
-        layout = CheckpointLayout(ctx.checkpoints if ctx.checkpoints is not None else default_checkpoints_dir())
-        device = resolve_device(ctx.device)
-        key = ("hyperiqa", str(layout.koniq.absolute()), str(device))
-        if key not in ctx.models:
-            (path,) = layout.require("koniq")
-            ctx.models[key] = load_hyperiqa(path, device=device)
-        return ctx.models[key]
-
     def run(self, item: Item, ctx: StepContext) -> StepResult:
-        model = self._model(ctx)
+        model: HyperNet = ctx.load_weights("koniq", load_hyperiqa)
         start, stop = frame_range(item, self.config.video_fps)
         frames, _ = sample_frames(item.path, start, stop, self.config.video_fps)
         if not frames:

@@ -26,7 +26,6 @@ import av
 import numpy as np
 from av.video.reformatter import ColorPrimaries, ColorRange, Colorspace, ColorTrc, VideoReformatter
 
-from ..config import PreprocessConfig
 from ..defaults import DEFAULT_CRF, FPS, SAMPLE_RATE_HZ
 from ..errors import InputError
 from ..fileio import atomic_write
@@ -42,7 +41,7 @@ from ..media import (
     check_output_path,
     probe_video,
 )
-from .base import Item, StepContext, StepResult
+from .base import Item, Step, StepContext, StepResult
 
 VERSION = 1
 RESAMPLE_CRF = DEFAULT_CRF  # libx264 quality of re-encoded sources: visually lossless (spec 11: the reference's)
@@ -335,13 +334,10 @@ def _reason(e: BaseException) -> str:
     return " ".join(str(text).split())[:200]
 
 
-class ResampleStep:
+class ResampleStep(Step):
     """Resample a checked source to `video_fps` and `audio_sample_rate` mono (stream copy when possible)."""
 
     name = "resample"
-
-    def __init__(self, config: PreprocessConfig):
-        self.config = config
 
     def params(self) -> dict[str, Any]:
         return {"version": VERSION, "video_fps": self.config.video_fps,

@@ -36,7 +36,8 @@ from typing import Any, Callable, Iterable, Sequence
 from ..config import PreprocessConfig, load_preprocess_config, to_dict
 from ..errors import InputError, LatentSyncError
 from ..fileio import atomic_write, refuse_nested_folders, remove_stale_temporaries
-from .base import Item, Step, StepContext, StepResult, params_hash, safe_relative_name
+from ..weights import CheckpointLayout, default_checkpoints_dir
+from .base import SUFFIX_SEPARATOR, Item, Step, StepContext, StepResult, params_hash, safe_relative_name
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def run_item(step_name: str, config: dict, item: dict, output_dir: str, device: 
 class InlineExecutor:
     """Runs items one after the other in this process (workers <= 1; also what tests use)."""
 
-    def map(self, fn: Callable[..., Outcome], calls: list[tuple]) -> Iterable[Outcome]:
+    def map(self, fn: Callable[..., Outcome], calls: list[tuple], stateful: bool = False) -> Iterable[Outcome]:
         for args in calls:
             yield fn(*args)
 
@@ -141,7 +142,7 @@ class PoolExecutor:
     def __init__(self, workers: int):
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
-    def map(self, fn, calls):
+    def map(self, fn, calls, stateful=False):
         futures = [self.pool.submit(fn, *args) for args in calls]
         for future in as_completed(futures):
             yield future.result()
@@ -152,9 +153,7 @@ class PoolExecutor:
 
 class RayExecutor:
     """Ray tasks: `address="auto"` starts a local cluster with `workers` CPUs, otherwise joins `address`.
-    Model-based steps run in long-lived actors (one per worker slot) so each loads its network once."""
-
-    MODEL_STEPS = ("align", "sync", "quality")
+    Steps that load networks (`stateful`) run in long-lived actors (one per worker slot) so each loads them once."""
 
     def __init__(self, address: str, workers: int):
         import ray
@@ -169,10 +168,10 @@ class RayExecutor:
         self.task = ray.remote(run_item)
         self.actor_class = ray.remote(_RayStepActor)
 
-    def map(self, fn, calls):
+    def map(self, fn, calls, stateful=False):
         if not calls:
             return
-        if calls[0][0] in self.MODEL_STEPS:
+        if stateful:
             actors = [self.actor_class.remote() for _ in range(min(self.workers, len(calls)))]
             refs = [actors[i % len(actors)].run.remote(*args) for i, args in enumerate(calls)]
         else:
@@ -299,9 +298,7 @@ class Runner:
 
     def _check_weights(self) -> None:
         """Every weight file the selected steps need, before any work: one line naming all missing ones."""
-        from ..weights import CheckpointLayout, default_checkpoints_dir
-
-        names = [n for step in self.steps for n in getattr(step, "weights", ())]
+        names = [n for step in self.steps for n in step.weights]
         if names:
             CheckpointLayout(self.checkpoints or default_checkpoints_dir()).require(*dict.fromkeys(names))
 
@@ -315,7 +312,7 @@ class Runner:
         config_json = to_dict(self.config)
         rejected: dict[str, tuple[str, str, dict]] = {}  # id -> (step, reason, metrics)
         stats, failures = [], []
-        durations_in: dict[str, float] = {}
+        durations_in: dict[str, float] = {}  # source id -> its duration, from the first step that measured it
         executor = self._executor()
         try:
             for step in self.steps:
@@ -334,7 +331,7 @@ class Runner:
                 calls = [(step.name, config_json, item.to_json(), str(self.output_dir / step.name), self.device,
                           self.checkpoints) for item in todo]
                 bar = _progress(len(items), step.name, self.progress, initial=len(results))
-                for outcome in executor.map(run_item, calls):
+                for outcome in executor.map(run_item, calls, stateful=step.loads_models):
                     st.seconds += outcome.seconds
                     if outcome.error is not None:
                         st.failed += 1
@@ -356,8 +353,9 @@ class Runner:
                         st.rejected[_reason_kind(result.rejected)] += 1
                         rejected[item.id] = (step.name, result.rejected, result.metrics)
                     next_items.extend(result.outputs)
-                    if step.name == "check" and not result.rejected:
-                        durations_in[item.id] = float(result.outputs[0].meta.get("duration_s", 0.0))
+                    measured = result.outputs[0].meta.get("duration_s") if result.outputs else None
+                    if SUFFIX_SEPARATOR not in item.id and measured is not None:  # a whole source video
+                        durations_in.setdefault(item.id, float(measured))
                 st.outputs = len(next_items)
                 stats.append(st)
                 items = next_items

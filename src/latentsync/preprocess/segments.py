@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..config import PreprocessConfig
 from ..media import probe_video
-from .base import Item, StepContext, StepResult
+from .base import Item, Step, StepContext, StepResult
 
 VERSION = 1
 # Times are multiples of 1/fps held in floats: a time within this many frames of a frame boundary is on it.
@@ -44,13 +43,10 @@ def segment_bounds(start_s: float, end_s: float, fps: float, min_s: float, max_s
     return [(a / fps, b / fps) for a, b in zip(bounds, bounds[1:])]
 
 
-class SegmentStep:
+class SegmentStep(Step):
     """Cut a shot (a time range) into segment items (time ranges); reject a shot that is too short."""
 
     name = "segments"
-
-    def __init__(self, config: PreprocessConfig):
-        self.config = config
 
     def params(self) -> dict[str, Any]:
         c = self.config

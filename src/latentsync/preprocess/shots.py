@@ -15,8 +15,7 @@ from typing import Any
 import av
 from scenedetect import AdaptiveDetector, SceneManager, open_video
 
-from ..config import PreprocessConfig
-from .base import Item, StepContext, StepResult
+from .base import Item, Step, StepContext, StepResult
 
 VERSION = 1
 
@@ -41,13 +40,10 @@ def detect_shots(path: str | os.PathLike, fps: float, adaptive_threshold: float,
     return [(round(start.seconds * fps), round(end.seconds * fps)) for start, end in scenes]
 
 
-class ShotStep:
+class ShotStep(Step):
     """One item per shot of the resampled video: a time range, no file."""
 
     name = "shots"
-
-    def __init__(self, config: PreprocessConfig):
-        self.config = config
 
     def params(self) -> dict[str, Any]:
         return {"version": VERSION, "video_fps": self.config.video_fps,

@@ -22,38 +22,27 @@ from typing import Any
 import av
 import numpy as np
 
-from ..config import PreprocessConfig
 from ..fileio import atomic_write
 from ..models.syncnet_v2 import load_syncnet_v2
 from ..sync_score import crop_sync_confidence
-from ..weights import CheckpointLayout, default_checkpoints_dir
-from .base import Item, StepContext, StepResult
+from .base import Item, Step, StepContext, StepResult
 
 VERSION = 1
 VSHIFT_FRAMES = 15  # offsets searched, as the standard metric
 
 
-class SyncStep:
+class SyncStep(Step):
     name = "sync"
-    weights = ("syncnet_v2",)  # checked by the runner before any work
-
-    def __init__(self, config: PreprocessConfig):
-        self.config = config
+    weights = ("syncnet_v2",)
+    loads_models = True
 
     def params(self) -> dict[str, Any]:
         c = self.config
         return {"version": VERSION, "conf": c.sync_conf_threshold, "max_offset": c.sync_max_offset,
                 "fps": c.video_fps, "vshift": VSHIFT_FRAMES}
 
-    def _model(self, ctx: StepContext):
-        key = ("syncnet_v2", str(ctx.checkpoints), ctx.device)
-        if key not in ctx.models:
-            (path,) = CheckpointLayout(ctx.checkpoints or default_checkpoints_dir()).require("syncnet_v2")
-            ctx.models[key] = load_syncnet_v2(path, device=ctx.device)
-        return ctx.models[key]
-
     def run(self, item: Item, ctx: StepContext) -> StepResult:
-        offset, lse_d, lse_c = crop_sync_confidence(item.path, self._model(ctx), vshift=VSHIFT_FRAMES)
+        offset, lse_d, lse_c = crop_sync_confidence(item.path, ctx.load_weights("syncnet_v2", load_syncnet_v2), vshift=VSHIFT_FRAMES)
         offset = int(offset)
         metrics = {"offset": offset, "lse_d": lse_d, "lse_c": lse_c}
         if lse_c < self.config.sync_conf_threshold:
