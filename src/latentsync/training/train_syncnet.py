@@ -50,6 +50,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
 
 from ..audio import SyncNetMelCache
 from ..config import SyncNetConfig, load_syncnet_config, to_dict
@@ -153,8 +154,6 @@ def _validate(net: torch.nn.Module, dataset: SyncNetDataset, d: distributed.Dist
 
 
 def _load_config(config, overrides: list[str] | None) -> SyncNetConfig:
-    if isinstance(config, SyncNetConfig) and overrides:
-        config = to_dict(config)  # load_syncnet_config returns an instance as it is, ignoring overrides
     cfg = load_syncnet_config(config, overrides)
     checks = {
         "data.batch_size": cfg.data.batch_size >= 1,
@@ -336,8 +335,6 @@ def _train(cfg: SyncNetConfig, run_dir: Path, d: distributed.Dist, state_path: P
         result["export"] = save_syncnet_checkpoint(net, export, step, **history)
 
     # ---- loop ------------------------------------------------------------------------------------------
-    from tqdm.auto import tqdm
-
     stream = batches.from_position(epoch, done)
     bar = tqdm(total=max_steps, initial=step, desc="train syncnet", unit="step",
                disable=not (progress and d.is_main))
