@@ -19,10 +19,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
-
 from ..fileio import atomic_write
+from ..media import shift_audio
 from ..models.syncnet_v2 import load_syncnet_v2
 from ..sync_score import crop_sync_confidence
 from .base import Item, Step, StepContext, StepResult
@@ -67,34 +65,3 @@ def link_or_copy(src: Path, dst: Path) -> None:
             os.link(src, tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-
-
-def shift_audio(src: Path, dst: Path, delay_s: Fraction) -> None:
-    """Copy `src` to `dst` with its video packets untouched and its sound delayed by `delay_s` (negative:
-    advanced), re-encoded to the same codec, sample rate and duration as before."""
-    from ..media import _AudioFeed  # the writer's audio reader: start offsets, silence padding, resampling
-
-    feed = _AudioFeed(src)
-    feed.start_at(-float(delay_s))
-    with av.open(str(src)) as source:
-        video_in = source.streams.video[0]
-        audio_in = source.streams.audio[0]
-        duration = float(audio_in.duration * audio_in.time_base) if audio_in.duration else None
-        packets = [p for p in source.demux(video_in) if p.dts is not None]
-        with atomic_write(dst, suffix=dst.suffix) as tmp, av.open(str(tmp), "w", format="mp4") as target:
-            video_out = target.add_stream_from_template(video_in)
-            audio_out = target.add_stream("aac", rate=feed.rate, layout=feed.layout)
-            for packet in packets:
-                packet.stream = video_out
-                target.mux(packet)
-            if duration is None:
-                duration = float(video_in.duration * video_in.time_base)
-            samples = feed.read(int(round(duration * feed.rate)))  # (channels, n), silence-padded at the start
-            frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=feed.layout)
-            frame.sample_rate = feed.rate
-            frame.pts = 0
-            for p in audio_out.encode(frame):
-                target.mux(p)
-            for p in audio_out.encode(None):
-                target.mux(p)
-    feed.close()
