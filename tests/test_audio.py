@@ -387,6 +387,32 @@ def test_syncnet_mel_cache_is_by_content(tmp_path, monkeypatch):
     assert calls == [1]  # an unreadable entry is recomputed
 
 
+
+def test_the_feature_cache_keys_by_version_settings_and_content(tmp_path, monkeypatch):
+    """The one cache under both features: the format version and the settings are in the key, an entry of
+    another shape is recomputed and replaced, `folder=None` stores nothing; the mel's folder is unchanged."""
+    from safetensors import safe_open
+
+    from latentsync.audio import FeatureCache, SyncNetMelCache
+
+    monkeypatch.setenv("LATENTSYNC_CACHE_DIR", str(tmp_path / "root"))
+    assert SyncNetMelCache().cache_dir == tmp_path / "root" / "syncnet_mel"
+    data = np.arange(8, dtype=np.float32)
+    v1, v2 = FeatureCache(tmp_path / "c", "test.v1", "x"), FeatureCache(tmp_path / "c", "test.v2", "x")
+    assert len({v1.key("a", data=data), v2.key("a", data=data), v1.key("b", data=data), v1.key(data=data)}) == 4
+    calls = []
+    key = v1.key("a", data=data)
+    first = v1.get(key, lambda: calls.append(1) or torch.ones(2, 3), (2, 3), note="n")
+    assert torch.equal(v1.get(key, lambda: calls.append(1) or torch.zeros(2, 3), (2, 3)), first) and calls == [1]
+    (entry,) = (tmp_path / "c").iterdir()
+    with safe_open(str(entry), "pt") as f:
+        assert f.metadata() == {"format": "test.v1", "note": "n"}
+    assert v1.get(key, lambda: torch.zeros(4), (4,)).shape == (4,)  # misshapen for this call: recomputed
+    assert load_file(str(entry))["x"].shape == (4,)
+    off = FeatureCache(None, "test.v1", "x")
+    assert off.get(key, lambda: calls.append(1) or torch.ones(1)).shape == (1,) and calls == [1, 1]
+    assert [p.name for p in (tmp_path / "c").iterdir()] == [entry.name]
+
 def test_the_explicit_attention_is_whispers_own_and_switches_nothing_shared(tmp_path):
     """Our encoder runs Whisper's non-SDPA attention on its own modules: the same numbers as Whisper's
     `disable_sdpa()`, while the class-level switch that other Whisper models read stays as it was."""
@@ -411,3 +437,27 @@ def test_the_explicit_attention_is_whispers_own_and_switches_nothing_shared(tmp_
     assert switch == [True]  # nothing shared was switched while ours ran
     assert torch.equal(ours, theirs)
     assert whisper.model.MultiHeadAttention.use_sdpa is True and fused.shape == ours.shape
+
+
+# ---- the inference loader --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype, expected", [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_inference_loader_runs_whisper_in_the_jobs_dtype(checkpoints, dtype, expected):
+    """`LipSync(dtype=...)` reaches the Whisper encoder: its compute dtype (what the mel is fed in) is the job's,
+    not the encoder's own default (float32 on the CPU, float16 on CUDA); the weights stay float32."""
+    from latentsync.demo import UNET_CONFIG_NAME
+    from latentsync.inference import LipSync
+
+    lipsync = LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", dtype=dtype,
+                      audio_cache=False)
+    encoder = lipsync.audio_encoder
+    assert lipsync.dtype == encoder.dtype == expected
+    fed = []
+    hook = encoder.encoder.conv1.register_forward_pre_hook(lambda module, args: fed.append(args[0].dtype))
+    try:
+        hidden = encoder.hidden_states(tone_with_noise(1.0))
+    finally:
+        hook.remove()
+    assert fed == [expected] and hidden.dtype == torch.float32
+    assert next(encoder.encoder.parameters()).dtype == torch.float32

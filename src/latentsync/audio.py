@@ -1,43 +1,20 @@
-"""Audio features of LatentSync: Whisper frame embeddings (the UNet's audio conditioning) and the SyncNet mel.
+"""Audio features of LatentSync: decoding, Whisper frame embeddings (the UNet's audio conditioning), the SyncNet mel,
+and the one on-disk cache both use.
 
-Whisper frame embeddings (spec section 4). The Whisper-tiny encoder turns the log-mel of the whole file into
-hidden states at 50 Hz (one row per 20 ms): the input of the first transformer block plus the output of
-every block, before `ln_post`, i.e. `(N50, n_layer + 1, width)` = `(N50, 5, 384)` for tiny. Video frame i
-(at `fps`) takes the ten rows `c-4 ... c+5` around `c = int(i * 50 / fps)`, clamped to the valid range, and
-flattens them time-major, layer-minor into `(10 * 5, 384)` = `(50, 384)` tokens.
-
-The encoder sees 30 s (3000 mel frames, 1500 rows) at a time. Two ways to cover longer audio:
-
-* `window="reference"` reproduces LatentSync: consecutive non-overlapping 30 s windows, the last one zero
-  padded *in mel space*, each encoded on its own and truncated to its real length. The model never saw
-  anything else, so this is what the published UNet expects, but every 30 s the context jumps (row 1499 of one
-  window is followed by row 0 of the next, with a new positional embedding and no shared attention
-  context), which users see as a glitch in the mouth every 30 s (upstream issues #132, #151).
-* `window="overlap"` (default) removes that jump. Up to 30 s it is the reference exactly (the same single
-  padded window). Longer audio is covered by 30 s windows of real audio only (no padding: the last window
-  ends at the end of the file), evenly spaced at most 20 s apart so that neighbours share at least 10 s.
-  The rows of the windows are blended: each window's weight rises linearly from ~0 at its first row to 1
-  across the overlap with its predecessor and falls back to ~0 at its last row across the overlap with its
-  successor; each output row is the weight-normalised sum of the windows covering it. For all lengths except
-  50-60 s and 70-75 s (where the windows must be less than 15 s apart) no row is covered by more than two
-  windows and this is a plain linear cross-fade. Rows at a window edge, where the encoder's context
-  is one-sided, therefore contribute almost nothing, and the output is continuous. The number of rows,
-  `N50 = n_mel_frames // 2`, is the reference's for any length, so frame counts match. The price is more
-  encoder work: `ceil((N50 - 1500) / 1000) + 1` windows instead of `ceil(N50 / 1500)` (3 instead of 2 for
-  60 s; about 1.5x for long audio).
-
-Precision follows the reference: the encoder weights stay float32 and the mel is fed in the compute dtype
-(float16 on CUDA, as Whisper's `transcribe` did, float32 elsewhere); Whisper's Linear/Conv1d cast their weights
-to the input dtype and its LayerNorm computes in float32. Attention uses Whisper's explicit
-softmax(q k^T) path (what `whisper.model.disable_sdpa` selects) rather than PyTorch's fused SDPA, because
-the Whisper copy LatentSync vendors predates SDPA; the two round differently in float16. `disable_sdpa` flips a
-class-level switch that every Whisper model in the process reads, so our encoder's attention modules carry the
-explicit path themselves (`_explicit_qkv_attention`) and nothing shared is switched.
-
-Results are cached on disk by content: the key hashes the decoded samples, the encoder weights, the window
-mode, the compute dtype and a format version, never a file name.
+Whisper frame embeddings (spec section 4). The Whisper-tiny encoder (`models.whisper`: the network, its two
+window modes and its precision) turns the log-mel of the whole file into hidden states at 50 Hz (one row per
+20 ms): `(N50, n_layer + 1, width)` = `(N50, 5, 384)` for tiny. Video frame i (at `fps`) takes the ten rows
+`c-4 ... c+5` around `c = int(i * 50 / fps)`, clamped to the valid range, and flattens them time-major,
+layer-minor into `(10 * 5, 384)` = `(50, 384)` tokens.
 
 SyncNet mel (spec 5.1): the Wav2Lip log-mel at 80 frames per second that StableSyncNet's audio tower reads.
+
+Cache (`FeatureCache`). Both features are cached on disk by content, one safetensors file per entry named by
+the sha256 of a format version, the settings that change the result (for Whisper: the encoder weights, the
+window mode and the compute dtype) and the decoded samples, never a file name. Entries are written under a
+temporary name and renamed into place; an unreadable or misshapen entry is recomputed and rewritten; a disk that
+cannot be written to costs the cache, not the run. The folders are `audio_embeds/` (Whisper) and `syncnet_mel/`
+under `$LATENTSYNC_CACHE_DIR`, or else under the user cache folder (platformdirs).
 """
 
 from __future__ import annotations
@@ -47,55 +24,47 @@ import hashlib
 import logging
 import math
 import os
-import types
 from dataclasses import asdict
 from pathlib import Path
-from typing import Mapping
+from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 from . import defaults
 from .devices import resolve_device, resolve_dtype
-from .errors import CheckpointError, InputError
+from .errors import InputError
 from .fileio import atomic_write
 from .media import decode_audio
-from .models.checkpoint import materialize, read_checkpoint
 from .models.offload import Offloaded, residency
+from .models.whisper import (  # the Whisper geometry and windows: also importable from here, as before
+    CHECKPOINT_ENCODER_PREFIX, HIDDEN_RATE_HZ, MEL_FRAMES_PER_ROW, MEL_HOP_SAMPLES, OVERLAP_MAX_HOP_ROWS,
+    SAMPLE_RATE_HZ, WINDOW_MEL_FRAMES, WINDOW_MODES, WINDOW_ROWS, build_audio_encoder, crossfade_weights,
+    encode_mel, overlap_window_starts, read_whisper_checkpoint, weights_fingerprint, whisper_package,
+)
 
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------
-# Whisper geometry. These equal whisper.audio's constants (checked when Whisper is first imported); they are
-# repeated here so that importing this module does not import Whisper (about 3 s).
-SAMPLE_RATE_HZ = defaults.SAMPLE_RATE_HZ  # whisper.audio.SAMPLE_RATE
-MEL_HOP_SAMPLES = 160  # whisper.audio.HOP_LENGTH: 100 mel frames per second
-WINDOW_MEL_FRAMES = 3_000  # whisper.audio.N_FRAMES: the encoder reads 30 s at a time
-MEL_FRAMES_PER_ROW = 2  # conv2 has stride 2: one hidden-state row per 2 mel frames
-HIDDEN_RATE_HZ = 50  # rows per second (20 ms each)
-WINDOW_ROWS = WINDOW_MEL_FRAMES // MEL_FRAMES_PER_ROW  # 1500 rows per 30 s window
+# Audio to video frames.
 MIN_SAMPLES = MEL_HOP_SAMPLES * MEL_FRAMES_PER_ROW  # 320 samples (20 ms) give the first row
-
-# Overlapping windows: consecutive starts at most 20 s apart, so neighbours share at least 10 s.
-OVERLAP_MAX_HOP_ROWS = 1_000
-
 # Per-frame context (spec 4): rows c-4 ... c+5 around the frame's row c, i.e. -80 ms ... +100 ms.
 CONTEXT_ROWS_BEFORE = 4
 CONTEXT_ROWS_AFTER = 5
 STEPS_PER_FRAME = CONTEXT_ROWS_BEFORE + CONTEXT_ROWS_AFTER + 1  # 10
 DEFAULT_FPS = defaults.FPS
 
-WINDOW_MODES = ("overlap", "reference")
-CHECKPOINT_ENCODER_PREFIX = "encoder."
-
-# Cache.
-CACHE_FORMAT_VERSION = "latentsync.whisper-hidden-states.v1"
+# Cache. A version changes whenever an entry's meaning or its key does (syncnet-mel v2: now keyed by the rule
+# the Whisper entries have always used, `FeatureCache.key`).
 CACHE_DIR_ENV = "LATENTSYNC_CACHE_DIR"
 CACHE_APP_NAME = "latentsync"
+CACHE_FORMAT_VERSION = "latentsync.whisper-hidden-states.v1"
 CACHE_SUBDIR = "audio_embeds"
 CACHE_TENSOR_NAME = "hidden_states"
+MEL_CACHE_FORMAT_VERSION = "latentsync.syncnet-mel.v2"
+MEL_CACHE_SUBDIR = "syncnet_mel"
+MEL_CACHE_TENSOR_NAME = "mel"
 
 # ---------------------------------------------------------------------------------------------------------
 # SyncNet mel: Wav2Lip's hparams, which LatentSync's configs/audio.yaml keeps.
@@ -116,322 +85,7 @@ MIN_LEVEL_AMPLITUDE = float(np.exp(MIN_LEVEL_DB / 20 * np.log(10)))
 DEFAULT_SYNCNET_FRAMES = 16
 
 
-# =========================================================================================================
-# Whisper encoder
-# =========================================================================================================
-
-
-@functools.cache
-def _whisper():
-    """The openai-whisper package, imported on first use (it takes seconds)."""
-    import whisper.audio
-    import whisper.model
-
-    expected = {
-        "SAMPLE_RATE": SAMPLE_RATE_HZ,
-        "HOP_LENGTH": MEL_HOP_SAMPLES,
-        "N_FRAMES": WINDOW_MEL_FRAMES,
-        "TOKENS_PER_SECOND": HIDDEN_RATE_HZ,
-    }
-    for name, value in expected.items():
-        if getattr(whisper.audio, name) != value:
-            raise RuntimeError(f"whisper.audio.{name} is {getattr(whisper.audio, name)}, latentsync expects {value}")
-    return whisper
-
-
-def _read_whisper_checkpoint(path: Path):
-    """(ModelDimensions, encoder state dict without the `encoder.` prefix) of an OpenAI-format Whisper file."""
-    whisper = _whisper()
-    obj = read_checkpoint(path)
-    if not isinstance(obj, Mapping) or not isinstance(obj.get("dims"), Mapping) or not isinstance(
-        obj.get("model_state_dict"), Mapping
-    ):
-        found = list(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
-        raise CheckpointError(
-            f"{path}: not an OpenAI Whisper checkpoint (expected 'dims' and 'model_state_dict', found {found})"
-        )
-    try:
-        dims = whisper.model.ModelDimensions(**obj["dims"])
-    except TypeError as e:
-        raise CheckpointError(f"{path}: invalid Whisper dims ({e})") from None
-    if dims.n_audio_ctx != WINDOW_ROWS:
-        raise CheckpointError(
-            f"{path}: n_audio_ctx is {dims.n_audio_ctx}; LatentSync's 30 s windows need {WINDOW_ROWS}"
-        )
-    state = {
-        k[len(CHECKPOINT_ENCODER_PREFIX) :]: v
-        for k, v in obj["model_state_dict"].items()
-        if k.startswith(CHECKPOINT_ENCODER_PREFIX)
-    }
-    if not state:
-        raise CheckpointError(f"{path}: the Whisper checkpoint has no 'encoder.*' weights")
-    return dims, state
-
-
-def _fingerprint(state: Mapping[str, torch.Tensor]) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of a state dict (identifies the weights, not the file)."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def default_cache_dir() -> Path:
-    """`$LATENTSYNC_CACHE_DIR/audio_embeds` if the variable is set, else the user cache dir's `audio_embeds`."""
-    root = os.environ.get(CACHE_DIR_ENV)
-    if not root:
-        import platformdirs
-
-        root = platformdirs.user_cache_dir(CACHE_APP_NAME)
-    return Path(root) / CACHE_SUBDIR
-
-
-def _explicit_qkv_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None):
-    """Whisper's `MultiHeadAttention.qkv_attention` with SDPA off (its `disable_sdpa` branch, the same
-    operations in the same order), bound to one module so that no other Whisper model is affected."""
-    n_ctx = q.shape[1]
-    scale = (q.shape[2] // self.n_head) ** -0.25
-    q = q.view(*q.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)  # b h t d
-    k = k.view(*k.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
-    v = v.view(*v.shape[:2], self.n_head, -1).permute(0, 2, 1, 3)
-    qk = (q * scale) @ (k * scale).transpose(-1, -2)  # b h t t
-    if mask is not None:
-        qk = qk + mask[:n_ctx, :n_ctx]
-    qk = qk.float()
-    w = F.softmax(qk, dim=-1).to(q.dtype)
-    return (w @ v).permute(0, 2, 1, 3).flatten(start_dim=2), qk.detach()
-
-
-def _progress(items, show: bool):
-    """`items`, with a bar over them when `show` and there are several."""
-    if not show or len(items) < 2:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc="whisper", unit="window", leave=False)
-
-
-class WhisperAudioEncoder:
-    """Whisper's audio encoder as LatentSync uses it: 50 Hz per-layer hidden states and per-frame tokens.
-
-    Args:
-        checkpoint: an OpenAI-format Whisper file (`{"dims": ..., "model_state_dict": ...}`, e.g. tiny.pt);
-            only its `encoder.*` weights are loaded, strictly.
-        device: where the encoder runs (None: the CPU; "auto": CUDA, then MPS, then the CPU).
-        dtype: compute dtype, as `devices.resolve_dtype` reads it (None or "auto": float16 on CUDA, as the
-            reference, else float32; "fp16", "bf16", "fp32" or torch's names). Weights stay float32.
-        cache_dir: folder for cached hidden states; None: `default_cache_dir()`; False: no caching.
-        progress: show a progress bar over the 30 s windows.
-        offload: keep the weights in host memory and bring them to `device` only while encoding (low-memory
-            inference: the encoder is idle once a job's audio is encoded).
-
-    Attributes: `dims` (whisper ModelDimensions), `device`, `dtype`, `cache_dir` (Path or None),
-    `weights_fingerprint` (sha256 of the encoder weights), `encoder_calls` (30 s windows encoded so far).
-    """
-
-    def __init__(
-        self,
-        checkpoint: str | os.PathLike,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | str | None = None,
-        cache_dir: str | os.PathLike | None | bool = None,
-        *,
-        progress: bool = False,
-        offload: bool = False,
-    ):
-        whisper = _whisper()
-        self.checkpoint = Path(checkpoint)
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.dims, state = _read_whisper_checkpoint(self.checkpoint)
-        self.weights_fingerprint = _fingerprint(state)
-        d = self.dims
-        # Weights in float32 as whisper.load_model leaves them (the published files are float16; upcasting
-        # is exact, and Whisper's layers cast back to the input dtype per call).
-        self.encoder = materialize(
-            lambda: whisper.model.AudioEncoder(
-                d.n_mels, d.n_audio_ctx, d.n_audio_state, d.n_audio_head, d.n_audio_layer
-            ),
-            state,
-            device=self.device,
-            dtype=torch.float32,
-            source=str(self.checkpoint),
-        ).eval()
-        del state
-        self.encoder.requires_grad_(False)
-        for module in self.encoder.modules():  # this encoder's own attention path, no class-level switch
-            if isinstance(module, whisper.model.MultiHeadAttention):
-                module.qkv_attention = types.MethodType(_explicit_qkv_attention, module)
-        self._offload = Offloaded(self.encoder, self.device) if offload else None
-        if cache_dir is False:
-            self.cache_dir = None
-        elif cache_dir is None or cache_dir is True:
-            self.cache_dir = default_cache_dir()
-        else:
-            self.cache_dir = Path(cache_dir)
-        self.progress = progress
-        self.encoder_calls = 0
-
-    @property
-    def num_states(self) -> int:
-        """Hidden states per row: the block input plus one per block (5 for tiny)."""
-        return self.dims.n_audio_layer + 1
-
-    # ---- public API -------------------------------------------------------------------------------------
-
-    def hidden_states(self, audio, window: str = "overlap", progress: bool | None = None) -> torch.Tensor:
-        """Per-layer hidden states at 50 Hz, float32 on the CPU: `(N50, n_layer + 1, width)`.
-
-        `audio` is a path to any audio or video file, or a 1-D array (numpy or torch) of 16 kHz mono samples.
-        `window` is "overlap" (default, no jumps every 30 s) or "reference" (LatentSync's segmentation);
-        see the module docstring. `N50 = (len(samples) // 160) // 2` in both modes. `progress`: a bar over the
-        30 s windows for this call (None: the encoder's `progress`); nothing of the call is kept on the encoder,
-        which jobs in several threads may share.
-        """
-        if window not in WINDOW_MODES:
-            raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
-        samples = _as_samples(audio)
-        n_rows = (samples.shape[0] // MEL_HOP_SAMPLES) // MEL_FRAMES_PER_ROW
-        expected_shape = (n_rows, self.num_states, self.dims.n_audio_state)
-        if n_rows <= WINDOW_ROWS:
-            window = "reference"  # one 30 s window: both modes compute the same thing, so share the entry
-        key = self._cache_key(samples, window)
-        cached = self._cache_read(key, expected_shape)
-        if cached is not None:
-            return cached
-        hidden = self._compute(samples, window, self.progress if progress is None else progress)
-        assert tuple(hidden.shape) == expected_shape, (hidden.shape, expected_shape)
-        self._cache_write(key, hidden, window)
-        return hidden
-
-    def frame_embeddings(self, audio, fps: float = DEFAULT_FPS, window: str = "overlap") -> torch.Tensor:
-        """Audio tokens of every video frame, float32: `(F, 10 * (n_layer + 1), width)`, (F, 50, 384) for tiny.
-
-        F is the reference's frame count (`floor(N50 / 2) + 2` at 25 fps). For long inputs this tensor is
-        large (about 77 KB per frame for tiny); a pipeline can instead keep `hidden_states` and call
-        `frame_window` per chunk.
-        """
-        return frame_embeddings_from_hidden(self.hidden_states(audio, window=window), fps=fps)
-
-    # ---- encoding ----------------------------------------------------------------------------------------
-
-    def _compute(self, samples: np.ndarray, window: str, progress: bool) -> torch.Tensor:
-        whisper = _whisper()
-        # The mel of the whole file, on the CPU as in the reference: its floor (global max - 8) depends on
-        # the loudest part of the whole file, not of each window.
-        mel = whisper.audio.log_mel_spectrogram(torch.from_numpy(samples), n_mels=self.dims.n_mels)  # (m, T)
-        n_rows = mel.shape[-1] // MEL_FRAMES_PER_ROW
-        with residency(self._offload):
-            if window == "reference" or n_rows <= WINDOW_ROWS:
-                return self._encode_reference(mel, progress)
-            return self._encode_overlap(mel, progress)
-
-    def _encode_reference(self, mel: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """LatentSync's segmentation: windows at 0, 30 s, 60 s, ..., zero-padded in mel space, truncated."""
-        whisper = _whisper()
-        n_frames = mel.shape[-1]
-        seeks = range(0, n_frames, WINDOW_MEL_FRAMES)
-        parts = []
-        for seek in _progress(seeks, progress):
-            end_seek = min(seek + WINDOW_MEL_FRAMES, n_frames)
-            keep = (end_seek - seek) // MEL_FRAMES_PER_ROW
-            if keep == 0:
-                # A last sliver of a single mel frame: the reference encodes it and keeps no row of it.
-                continue
-            segment = whisper.audio.pad_or_trim(mel[:, seek : seek + WINDOW_MEL_FRAMES], WINDOW_MEL_FRAMES)
-            parts.append(self._encode_window(segment)[:keep])  # (keep, L+1, D)
-        return torch.cat(parts)  # (N50, L+1, D)
-
-    def _encode_overlap(self, mel: torch.Tensor, progress: bool = False) -> torch.Tensor:
-        """Overlapping unpadded windows blended with linear cross-fades (see the module docstring)."""
-        n_rows = mel.shape[-1] // MEL_FRAMES_PER_ROW
-        starts = overlap_window_starts(n_rows)
-        weights = crossfade_weights(starts)
-        acc = torch.zeros(n_rows, self.num_states, self.dims.n_audio_state, dtype=torch.float64)
-        total = torch.zeros(n_rows, dtype=torch.float64)
-        for start, weight in _progress(list(zip(starts, weights)), progress):
-            first = start * MEL_FRAMES_PER_ROW
-            h = self._encode_window(mel[:, first : first + WINDOW_MEL_FRAMES])  # (1500, L+1, D)
-            rows = slice(start, start + WINDOW_ROWS)
-            acc[rows] += weight[:, None, None] * h.double()
-            total[rows] += weight
-        return (acc / total[:, None, None]).float()  # (N50, L+1, D)
-
-    def _encode_window(self, segment: torch.Tensor) -> torch.Tensor:
-        """Hidden states of one 30 s window: mel (m, 3000) -> (1500, L+1, D) float32 on the CPU.
-
-        Runs the package's own submodules, as `AudioEncoder.forward` does, keeping every block's output.
-        """
-        whisper = _whisper()
-        enc = self.encoder
-        x = segment.to(device=self.device, dtype=self.dtype)[None]  # (1, m, 3000)
-        with torch.inference_mode():  # the explicit attention (`_explicit_qkv_attention`), as the reference
-            x = F.gelu(enc.conv1(x))  # (1, D, 3000)
-            x = F.gelu(enc.conv2(x))  # (1, D, 1500)
-            x = rearrange(x, "b d t -> b t d")  # (1, 1500, D)
-            x = (x + enc.positional_embedding).to(x.dtype)  # fp32 sum, then back to the compute dtype
-            states = [x]
-            for block in enc.blocks:
-                x = block(x)  # (1, 1500, D)
-                states.append(x)
-        self.encoder_calls += 1
-        return torch.stack(states, dim=2)[0].float().cpu()  # (1500, L+1, D)
-
-    # ---- cache -------------------------------------------------------------------------------------------
-
-    def _cache_key(self, samples: np.ndarray, window: str) -> str:
-        h = hashlib.sha256()
-        for part in (CACHE_FORMAT_VERSION, self.weights_fingerprint, window, str(self.dtype)):
-            h.update(part.encode())
-            h.update(b"\0")
-        h.update(memoryview(samples))
-        return h.hexdigest()
-
-    def _cache_path(self, key: str) -> Path | None:
-        return None if self.cache_dir is None else self.cache_dir / f"{key}.safetensors"
-
-    def _cache_read(self, key: str, expected_shape: tuple[int, ...]) -> torch.Tensor | None:
-        path = self._cache_path(key)
-        if path is None or not path.is_file():
-            return None
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            hidden = load_file(str(path))[CACHE_TENSOR_NAME]
-        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
-            log.warning("%s: unreadable audio cache entry, recomputing (%s)", path, str(e)[:200])
-            return None
-        if tuple(hidden.shape) != expected_shape or hidden.dtype != torch.float32:
-            log.warning(
-                "%s: audio cache entry is %s %s, expected float32 %s; recomputing",
-                path, hidden.dtype, tuple(hidden.shape), expected_shape,
-            )
-            return None
-        return hidden
-
-    def _cache_write(self, key: str, hidden: torch.Tensor, window: str) -> None:
-        path = self._cache_path(key)
-        if path is None:
-            return
-        from safetensors.torch import save_file
-
-        metadata = {
-            "format": CACHE_FORMAT_VERSION,
-            "window": window,
-            "dtype": str(self.dtype),
-            "weights": self.weights_fingerprint,
-            "dims": repr(asdict(self.dims)),
-        }
-        try:
-            # Written under a temporary name in the same folder, then renamed: readers never see half a file.
-            with atomic_write(path) as tmp:
-                save_file({CACHE_TENSOR_NAME: hidden.contiguous()}, str(tmp), metadata=metadata)
-        except OSError as e:
-            # The cache is an optimisation: a read-only or full disk must not fail the run.
-            log.warning("%s: cannot write audio cache entry (%s)", path, e)
+# ---- Decoding and the cache --------------------------------------------------------------------------------
 
 
 def _as_samples(audio) -> np.ndarray:
@@ -447,53 +101,181 @@ def _as_samples(audio) -> np.ndarray:
         if samples.ndim != 1:
             raise ValueError(f"audio samples must be 1-D (16 kHz mono), got shape {samples.shape}")
     if samples.shape[0] < MIN_SAMPLES:
-        raise InputError(
-            f"{source}: audio too short ({samples.shape[0]} samples at {SAMPLE_RATE_HZ} Hz; "
-            f"at least {MIN_SAMPLES} needed)"
-        )
+        raise InputError(f"{source}: audio too short ({samples.shape[0]} samples at {SAMPLE_RATE_HZ} Hz; "
+                         f"at least {MIN_SAMPLES} needed)")
     return samples
 
 
-def overlap_window_starts(n_rows: int) -> list[int]:
-    """First rows of the 1500-row windows that cover `n_rows` rows (> 1500) in "overlap" mode.
+def cache_root() -> Path:
+    """`$LATENTSYNC_CACHE_DIR` if the variable is set, else the user cache folder of latentsync."""
+    root = os.environ.get(CACHE_DIR_ENV)
+    if not root:
+        import platformdirs
 
-    The first starts at 0, the last at `n_rows - 1500` (so no window needs padding), and the
-    `ceil((n_rows - 1500) / 1000) + 1` starts are evenly spaced, at most 1000 rows (20 s) apart. Rows are
-    integers, so every window starts on an even mel frame and its rows fall on the reference's 50 Hz grid.
+        root = platformdirs.user_cache_dir(CACHE_APP_NAME)
+    return Path(root)
+
+
+def default_cache_dir() -> Path:
+    """`$LATENTSYNC_CACHE_DIR/audio_embeds` if the variable is set, else the user cache dir's `audio_embeds`."""
+    return cache_root() / CACHE_SUBDIR
+
+
+class FeatureCache:
+    """Float32 tensors on disk by content (module docstring): `folder/<key>.safetensors`, one tensor each.
+
+    `folder` None switches the cache off (reads miss, writes do nothing). `version` goes into every key: a new
+    format, or a change in what is computed, is a new version and never meets the old entries."""
+
+    def __init__(self, folder: str | os.PathLike | None, version: str, tensor_name: str):
+        self.folder = None if folder is None else Path(folder)
+        self.version, self.tensor_name = version, tensor_name
+
+    def key(self, *settings: str, data: np.ndarray) -> str:
+        """sha256 of the version, the `settings` that change the result, and the bytes of `data` (C-contiguous)."""
+        h = hashlib.sha256()
+        for part in (self.version, *settings):
+            h.update(part.encode())
+            h.update(b"\0")
+        h.update(memoryview(data))
+        return h.hexdigest()
+
+    def get(self, key: str, compute: Callable[[], torch.Tensor], shape: tuple[int, ...] | None = None,
+            **metadata: str) -> torch.Tensor:
+        """The entry `key`, else `compute()` (a float32 tensor, of `shape` when given), stored with `metadata`."""
+        path = None if self.folder is None else self.folder / f"{key}.safetensors"
+        cached = self._read(path, shape) if path is not None and path.is_file() else None
+        if cached is not None:
+            return cached
+        tensor = compute()
+        assert tensor.dtype == torch.float32 and (shape is None or tuple(tensor.shape) == shape), (tensor.shape, shape)
+        if path is not None:
+            self._write(path, tensor, metadata)
+        return tensor
+
+    def _read(self, path: Path, shape: tuple[int, ...] | None) -> torch.Tensor | None:
+        """The entry at `path`, or None when it is unreadable, not float32 or (given `shape`) another shape."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensor = load_file(str(path))[self.tensor_name]
+        except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
+            log.warning("%s: unreadable cache entry, recomputing (%s)", path, str(e)[:200])
+            return None
+        if tensor.dtype != torch.float32 or (shape is not None and tuple(tensor.shape) != shape):
+            log.warning("%s: cache entry is %s %s, expected float32 %s; recomputing",
+                        path, tensor.dtype, tuple(tensor.shape), shape)
+            return None
+        return tensor
+
+    def _write(self, path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
+        from safetensors.torch import save_file
+
+        try:
+            # Written under a temporary name in the same folder, then renamed: readers never see half a file.
+            with atomic_write(path, suffix=".safetensors") as tmp:
+                save_file({self.tensor_name: tensor.contiguous()}, str(tmp),
+                          metadata={"format": self.version, **metadata})
+        except OSError as e:
+            # The cache is an optimisation: a read-only or full disk must not fail the run.
+            log.warning("%s: cannot write cache entry (%s)", path, e)
+
+
+# ---- Whisper frame embeddings ------------------------------------------------------------------------------
+
+
+class WhisperAudioEncoder:
+    """Whisper's audio encoder as LatentSync uses it: 50 Hz per-layer hidden states and per-frame tokens, from a
+    file or samples, cached (the network itself: `models.whisper`).
+
+    Args:
+        checkpoint: an OpenAI-format Whisper file (`{"dims": ..., "model_state_dict": ...}`, e.g. tiny.pt);
+            only its `encoder.*` weights are loaded, strictly.
+        device: where the encoder runs (None: the CPU; "auto": CUDA, then MPS, then the CPU).
+        dtype: compute dtype, as `devices.resolve_dtype` reads it (None or "auto": float16 on CUDA, as the
+            reference, else float32; "fp16", "bf16", "fp32" or torch's names). Weights stay float32.
+        cache_dir: folder for cached hidden states; None: `default_cache_dir()`; False: no caching.
+        progress: show a progress bar over the 30 s windows.
+        offload: keep the weights in host memory and bring them to `device` only while encoding (low-memory
+            inference: the encoder is idle once a job's audio is encoded).
+
+    Attributes: `dims` (whisper ModelDimensions), `encoder` (whisper's AudioEncoder), `device`, `dtype`,
+    `cache_dir` (Path or None), `weights_fingerprint` (sha256 of the encoder weights), `encoder_calls` (30 s
+    windows encoded so far).
     """
-    span = n_rows - WINDOW_ROWS
-    if span <= 0:
-        return [0]
-    gaps = -(-span // OVERLAP_MAX_HOP_ROWS)  # ceil
-    # Rounded to the nearest row, in integers: start_k = round(k * span / gaps).
-    return [(2 * k * span + gaps) // (2 * gaps) for k in range(gaps + 1)]
+
+    def __init__(self, checkpoint: str | os.PathLike, device: str | torch.device | None = None,
+                 dtype: torch.dtype | str | None = None, cache_dir: str | os.PathLike | None | bool = None, *,
+                 progress: bool = False, offload: bool = False):
+        self.checkpoint = Path(checkpoint)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.dims, state = read_whisper_checkpoint(self.checkpoint)
+        self.weights_fingerprint = weights_fingerprint(state)
+        self.encoder = build_audio_encoder(self.dims, state, self.device, source=str(self.checkpoint))
+        del state
+        self._offload = Offloaded(self.encoder, self.device) if offload else None
+        use_default = cache_dir is None or cache_dir is True
+        self.cache_dir = None if cache_dir is False else default_cache_dir() if use_default else Path(cache_dir)
+        self._cache = FeatureCache(self.cache_dir, CACHE_FORMAT_VERSION, CACHE_TENSOR_NAME)
+        self.progress = progress
+        self.encoder_calls = 0
+
+    @property
+    def num_states(self) -> int:
+        """Hidden states per row: the block input plus one per block (5 for tiny)."""
+        return self.dims.n_audio_layer + 1
+
+    def hidden_states(self, audio, window: str = "overlap", progress: bool | None = None) -> torch.Tensor:
+        """Per-layer hidden states at 50 Hz, float32 on the CPU: `(N50, n_layer + 1, width)`.
+
+        `audio` is a path to any audio or video file, or a 1-D array (numpy or torch) of 16 kHz mono samples.
+        `window` is "overlap" (default, no jumps every 30 s) or "reference" (LatentSync's segmentation);
+        see `models.whisper`. `N50 = (len(samples) // 160) // 2` in both modes. `progress`: a bar over the
+        30 s windows for this call (None: the encoder's `progress`); nothing of the call is kept on the encoder,
+        which jobs in several threads may share.
+        """
+        if window not in WINDOW_MODES:
+            raise ValueError(f"window must be one of {WINDOW_MODES}, got {window!r}")
+        samples = _as_samples(audio)
+        n_rows = (samples.shape[0] // MEL_HOP_SAMPLES) // MEL_FRAMES_PER_ROW
+        expected_shape = (n_rows, self.num_states, self.dims.n_audio_state)
+        if n_rows <= WINDOW_ROWS:
+            window = "reference"  # one 30 s window: both modes compute the same thing, so share the entry
+        key = self._cache.key(self.weights_fingerprint, window, str(self.dtype), data=samples)
+        show = self.progress if progress is None else progress
+        return self._cache.get(key, lambda: self._compute(samples, window, show), expected_shape, window=window,
+                               dtype=str(self.dtype), weights=self.weights_fingerprint, dims=repr(asdict(self.dims)))
+
+    def frame_embeddings(self, audio, fps: float = DEFAULT_FPS, window: str = "overlap") -> torch.Tensor:
+        """Audio tokens of every video frame, float32: `(F, 10 * (n_layer + 1), width)`, (F, 50, 384) for tiny.
+
+        F is the reference's frame count (`floor(N50 / 2) + 2` at 25 fps). For long inputs this tensor is
+        large (about 77 KB per frame for tiny); a pipeline can instead keep `hidden_states` and call
+        `frame_window` per chunk.
+        """
+        return frame_embeddings_from_hidden(self.hidden_states(audio, window=window), fps=fps)
+
+    def _compute(self, samples: np.ndarray, window: str, progress: bool) -> torch.Tensor:
+        # The mel of the whole file, on the CPU as in the reference: its floor (global max - 8) depends on
+        # the loudest part of the whole file, not of each window.
+        mel = whisper_package().audio.log_mel_spectrogram(torch.from_numpy(samples), n_mels=self.dims.n_mels)
+
+        def track(windows):  # this call's progress bar, and the count of windows encoded
+            if progress and len(windows) > 1:
+                from tqdm.auto import tqdm
+
+                windows = tqdm(windows, desc="whisper", unit="window", leave=False)
+            for item in windows:
+                yield item
+                self.encoder_calls += 1
+
+        with residency(self._offload):
+            return encode_mel(self.encoder, mel, window, self.dtype, track)  # (N50, L+1, D)
 
 
-def crossfade_weights(starts: list[int]) -> list[torch.Tensor]:
-    """Blend weights (1500,) float64 of each window at `starts` (rows; sorted; each window 1500 rows).
-
-    A window's weight rises linearly across its overlap with the previous window and falls across its overlap
-    with the next one, evaluated at row centres, so its edge rows get ~0 and, where exactly two windows
-    overlap, the two weights sum to 1 (a linear cross-fade). The first window has no rising ramp and the last
-    no falling one.
-    """
-    pos = torch.arange(WINDOW_ROWS, dtype=torch.float64) + 0.5  # row centres inside a window
-    weights = []
-    for k, start in enumerate(starts):
-        w = torch.ones(WINDOW_ROWS, dtype=torch.float64)
-        if k > 0:
-            ramp = starts[k - 1] + WINDOW_ROWS - start  # rows shared with the previous window
-            w = torch.minimum(w, pos / ramp)
-        if k < len(starts) - 1:
-            ramp = start + WINDOW_ROWS - starts[k + 1]  # rows shared with the next window
-            w = torch.minimum(w, (WINDOW_ROWS - pos) / ramp)
-        weights.append(w)
-    return weights
-
-
-# =========================================================================================================
-# Frame slicing (pure functions, shared with training)
-# =========================================================================================================
+# ---- Frame slicing (pure functions, shared with training) --------------------------------------------------
 
 
 def frame_row(frame: int, fps: float = DEFAULT_FPS) -> int:
@@ -570,22 +352,15 @@ def frame_window(hidden: torch.Tensor, start_frame: int, num_frames: int, fps: f
     return _frames_from_rows(hidden, frames, fps)
 
 
-# =========================================================================================================
-# SyncNet mel (Wav2Lip)
-# =========================================================================================================
+# ---- SyncNet mel (Wav2Lip) ---------------------------------------------------------------------------------
 
 
 @functools.cache
 def _syncnet_mel_basis() -> np.ndarray:
     import librosa
 
-    return librosa.filters.mel(
-        sr=SYNCNET_SAMPLE_RATE_HZ,
-        n_fft=SYNCNET_N_FFT,
-        n_mels=SYNCNET_N_MELS,
-        fmin=SYNCNET_FMIN_HZ,
-        fmax=SYNCNET_FMAX_HZ,
-    )  # (80, 401), slaney-normalised
+    return librosa.filters.mel(sr=SYNCNET_SAMPLE_RATE_HZ, n_fft=SYNCNET_N_FFT, n_mels=SYNCNET_N_MELS,
+                               fmin=SYNCNET_FMIN_HZ, fmax=SYNCNET_FMAX_HZ)  # (80, 401), slaney-normalised
 
 
 def syncnet_mel(samples, sample_rate: int = SYNCNET_SAMPLE_RATE_HZ) -> np.ndarray:
@@ -605,9 +380,8 @@ def syncnet_mel(samples, sample_rate: int = SYNCNET_SAMPLE_RATE_HZ) -> np.ndarra
     if x.ndim != 1:
         raise ValueError(f"samples must be 1-D, got shape {x.shape}")
     emphasized = scipy.signal.lfilter([1.0, -PREEMPHASIS], [1.0], x)  # (n,)
-    spec = np.abs(
-        librosa.stft(y=emphasized, n_fft=SYNCNET_N_FFT, hop_length=SYNCNET_HOP_SAMPLES, win_length=SYNCNET_WIN_SAMPLES)
-    )  # (401, T)
+    spec = np.abs(librosa.stft(y=emphasized, n_fft=SYNCNET_N_FFT, hop_length=SYNCNET_HOP_SAMPLES,
+                               win_length=SYNCNET_WIN_SAMPLES))  # (401, T)
     mel = _syncnet_mel_basis() @ spec  # (80, T)
     db = 20 * np.log10(np.maximum(MIN_LEVEL_AMPLITUDE, mel)) - REF_LEVEL_DB
     scaled = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
@@ -627,47 +401,47 @@ def mel_window(mel, start_frame: int, num_frames: int = DEFAULT_SYNCNET_FRAMES, 
     start = int(SYNCNET_MEL_RATE_HZ * start_frame / fps)
     length = mel_window_length(num_frames, fps)
     if start < 0 or start + length > mel.shape[-1]:
-        raise ValueError(
-            f"mel window of frames {start_frame}..{start_frame + num_frames - 1} needs mel frames "
-            f"{start}..{start + length - 1}, but the mel has {mel.shape[-1]}"
-        )
+        raise ValueError(f"mel window of frames {start_frame}..{start_frame + num_frames - 1} needs mel frames "
+                         f"{start}..{start + length - 1}, but the mel has {mel.shape[-1]}")
     return mel[..., start : start + length]
 
 
 class SyncNetMelCache:
-    """Whole-clip SyncNet mels on disk, keyed by a hash of the decoded samples (never the file name), like the
-    Whisper features: each clip's mel is computed once, whatever the process or the run. Entries are atomic
-    safetensors files; an unreadable one is recomputed. Implements the datasets' `get(path, compute)` hook
-    (`compute` is not needed: the mel is computed from the samples decoded for the key)."""
+    """Whole-clip SyncNet mels on disk by content (a `FeatureCache` keyed by the decoded samples, never the file
+    name): each clip's mel is computed once, whatever the process or the run. Implements the datasets'
+    `get(path, compute)` hook (`compute` is not needed: the mel is computed from the samples decoded for the
+    key). `cache_dir` None: `syncnet_mel/` beside the Whisper cache (module docstring)."""
 
-    FORMAT = "latentsync.syncnet-mel.v1"
+    FORMAT = MEL_CACHE_FORMAT_VERSION
 
     def __init__(self, cache_dir: str | os.PathLike | None = None):
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir().parent / "syncnet_mel"
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / MEL_CACHE_SUBDIR
+        self._cache = FeatureCache(self.cache_dir, self.FORMAT, MEL_CACHE_TENSOR_NAME)
         self._keys: dict[str, str] = {}  # path -> content key, so a clip is decoded once per process
 
     def get(self, path, compute=None) -> np.ndarray:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file, save_file
-
+        """The SyncNet mel (80, T) float32 of the audio of `path`."""
         samples = None
         key = self._keys.get(str(path))
         if key is None:
             samples = decode_audio(path, SYNCNET_SAMPLE_RATE_HZ)
-            key = hashlib.sha256(self.FORMAT.encode() + memoryview(samples)).hexdigest()
-            self._keys[str(path)] = key
-        entry = self.cache_dir / f"{key}.safetensors"
-        if entry.is_file():
-            try:
-                return load_file(str(entry))["mel"]
-            except (SafetensorError, OSError, KeyError, ValueError) as e:
-                log.warning("%s: unreadable mel cache entry, recomputing (%s)", entry, str(e)[:200])
-        if samples is None:
-            samples = decode_audio(path, SYNCNET_SAMPLE_RATE_HZ)
-        mel = np.ascontiguousarray(syncnet_mel(samples), dtype=np.float32)
-        try:
-            with atomic_write(entry, suffix=".safetensors") as tmp:
-                save_file({"mel": mel}, str(tmp), metadata={"format": self.FORMAT})
-        except OSError as e:
-            log.warning("%s: cannot write mel cache entry (%s)", entry, e)
-        return mel
+            key = self._keys[str(path)] = self._cache.key(data=samples)
+
+        def mel() -> torch.Tensor:
+            decoded = samples if samples is not None else decode_audio(path, SYNCNET_SAMPLE_RATE_HZ)
+            return torch.from_numpy(np.ascontiguousarray(syncnet_mel(decoded), dtype=np.float32))
+
+        return self._cache.get(key, mel).numpy()
+
+
+__all__ = [  # the frame layout, Whisper's geometry and windows (from `models.whisper`), the cache, embeddings, mel
+    "CHECKPOINT_ENCODER_PREFIX", "CONTEXT_ROWS_AFTER", "CONTEXT_ROWS_BEFORE", "DEFAULT_FPS", "HIDDEN_RATE_HZ",
+    "MEL_FRAMES_PER_ROW", "MEL_HOP_SAMPLES", "MIN_SAMPLES", "OVERLAP_MAX_HOP_ROWS", "SAMPLE_RATE_HZ",
+    "STEPS_PER_FRAME", "WINDOW_MEL_FRAMES", "WINDOW_MODES", "WINDOW_ROWS", "crossfade_weights",
+    "overlap_window_starts",
+    "CACHE_DIR_ENV", "FeatureCache", "SyncNetMelCache", "cache_root", "default_cache_dir",
+    "WhisperAudioEncoder", "frame_embeddings_from_hidden", "frame_row", "frame_window", "num_video_frames",
+    "DEFAULT_SYNCNET_FRAMES", "SYNCNET_FMAX_HZ", "SYNCNET_FMIN_HZ", "SYNCNET_HOP_SAMPLES", "SYNCNET_MEL_RATE_HZ",
+    "SYNCNET_N_FFT", "SYNCNET_N_MELS", "SYNCNET_SAMPLE_RATE_HZ", "SYNCNET_WIN_SAMPLES", "mel_window",
+    "mel_window_length", "syncnet_mel",
+]

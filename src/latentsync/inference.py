@@ -219,8 +219,8 @@ class LipSync:
             unet.forward = torch.compile(unet.forward)
             vae.decoder = torch.compile(vae.decoder)
         self.pipeline = LipSyncPipeline(unet, vae, self.resolution, offload_vae=offload)
-        self.audio_encoder = WhisperAudioEncoder(whisper_path, device=self.device, cache_dir=audio_cache,
-                                                 offload=offload)
+        self.audio_encoder = WhisperAudioEncoder(whisper_path, device=self.device, dtype=self.dtype,
+                                                 cache_dir=audio_cache, offload=offload)
         self.checkpoints = root
         self.face_backend_name = face_backend
         self._vae_slices: dict[tuple, int] = {}
