@@ -202,6 +202,23 @@ def test_landmark_normalisation_decision_and_node_names(tmp_path):
     assert landmark_input_normalisation(["x"] * 8 + ["Sub", "Mul"]) == (127.5, 128.0)  # only the first 8
 
 
+def test_node_names_need_no_external_data_and_name_an_unreadable_file(tmp_path):
+    """Only the graph is read: a model whose external tensor data is gone still gives its node names."""
+    import onnx
+
+    model = onnx.load(str(write_landmark_probe(tmp_path / "probe.onnx", in_graph_norm=True)))
+    path = tmp_path / "external.onnx"
+    onnx.save(model, str(path), save_as_external_data=True, location="external.data", size_threshold=0)
+    (tmp_path / "external.data").unlink()
+    assert onnx_node_names(path, 8) == ["Sub_flatten", "Mul_slice"]
+    corrupt = tmp_path / "2d106det.onnx"
+    corrupt.write_bytes(b"\x08\x07not an onnx model")
+    with pytest.raises(CheckpointError, match="2d106det.onnx"):
+        onnx_node_names(corrupt, 8)
+    with pytest.raises(CheckpointError, match="missing.onnx"):
+        onnx_node_names(tmp_path / "missing.onnx", 8)
+
+
 def test_corrupt_or_wrong_onnx_files_raise_checkpoint_errors(tmp_path):
     good_lmk = write_landmark_constant(tmp_path / "lmk.onnx", np.zeros((106, 2)))
     corrupt = tmp_path / "det_10g.onnx"

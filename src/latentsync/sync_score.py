@@ -7,8 +7,8 @@ Two entries:
 * `crop_sync_confidence(video, checkpoint)` scores a face-crop video with its audio track, exactly as
   `SyncNetInstance.evaluate` (joonson/syncnet_python) and LatentSync's `eval/syncnet/syncnet_eval.py` do.
 * `sync_confidence(video, checkpoint)` scores any video: faces are detected in every frame, tracked, cropped
-  (LatentSync `eval/syncnet_detect.py`, from joonson's `run_pipeline.py`; the tracker and the crop are in
-  `latentsync.face.sync_tracks`) and each track is scored as a crop.
+  (LatentSync `eval/syncnet_detect.py`, from joonson's `run_pipeline.py`; the detection pass, the tracker and
+  the crop are in `latentsync.face.sync_tracks`) and each track is scored as a crop.
 
 Batches of videos and their report (`evaluate_videos`, `format_results`) are in
 `latentsync.evaluation.sync_confidence`.
@@ -44,7 +44,7 @@ Differences from the reference, all deliberate:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,18 +54,18 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from .defaults import FPS, SAMPLE_RATE_HZ
+from .defaults import SAMPLE_RATE_HZ
 from .errors import InputError
 from .face.sync_tracks import (
     DEFAULT_CROP_SCALE,
     DEFAULT_MIN_FACE_SIZE,
     DEFAULT_MIN_TRACK,
-    FaceTrack,
-    crop_face,
-    crop_geometry,
+    VIDEO_FPS,
+    detect_faces,
+    track_crops,
     track_faces,
 )
-from .media import S16_FULL_SCALE, S16_MAX, VideoReader, decode_audio, probe_video
+from .media import S16_FULL_SCALE, S16_MAX, VideoReader, decode_audio
 from .models.syncnet_v2 import CROP_SIZE, LIP_WINDOW, MFCC_WINDOW, SyncNetV2, load_syncnet_v2
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,6 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------------
 # Constants of the reference (SyncNetInstance.py, syncnet_eval.py)
 
-VIDEO_FPS = int(FPS)
 SAMPLES_PER_FRAME = SAMPLE_RATE_HZ // VIDEO_FPS  # 640: the reference's floor(len(audio) / 640)
 MFCC_PER_FRAME = 4  # 100 Hz MFCC frames per 25 fps video frame
 # A window needs min_length - LIP_WINDOW > 0: at least 6 frames and 6 * 640 samples (see step 2 above).
@@ -258,17 +257,11 @@ def score_features(lip: torch.Tensor, audio: torch.Tensor, vshift: int = DEFAULT
     return SyncScore(offset, lse_d, lse_c, mean_dists.numpy(), windows=len(lip))
 
 
-def score_windows(
-    frames: Iterable[np.ndarray],
-    pcm: np.ndarray,
-    lip_fn: FeatureFn,
-    audio_fn: FeatureFn,
-    vshift: int = DEFAULT_VSHIFT,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    source: str = "video",
-) -> SyncScore:
-    """The score of BGR face-crop frames (25 fps) and their int16 16 kHz audio, with the given feature
-    functions (see `extract_features`)."""
+def score_windows(frames: Iterable[np.ndarray], pcm: np.ndarray, lip_fn: FeatureFn, audio_fn: FeatureFn,
+                  vshift: int = DEFAULT_VSHIFT, batch_size: int = DEFAULT_BATCH_SIZE,
+                  source: str = "video") -> SyncScore:
+    """`score_features` of `extract_features`: the score of BGR face-crop frames (25 fps) and their int16
+    16 kHz audio, with the given feature functions (the arguments are `extract_features`'s, and `vshift`)."""
     lip, audio = extract_features(frames, pcm, lip_fn, audio_fn, batch_size, source)
     return score_features(lip, audio, vshift)
 
@@ -348,37 +341,6 @@ def crop_sync_confidence(
 # Any video: its face tracks (see `latentsync.face.sync_tracks`), each scored as a crop
 
 
-def _progress(total: int | None, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="frame", leave=False, disable=not enabled, dynamic_ncols=True)
-
-
-def detect_faces(video: Path, backend, progress: bool = False) -> list[list[np.ndarray]]:
-    """Boxes (4,) of every face `backend` finds in each 25 fps frame of `video`."""
-    reset = getattr(backend, "reset", None)
-    if callable(reset):
-        reset()  # mediapipe tracks between calls: start this video afresh
-    detections = []
-    with _progress(probe_video(video).frames_at(VIDEO_FPS), "detect faces", progress) as bar:
-        for frame in VideoReader(video, fps=VIDEO_FPS).frames():
-            detections.append([np.asarray(f.box, dtype=np.float64) for f in backend.detect(frame)])
-            bar.update()
-    return detections
-
-
-def track_crops(video: Path, track: FaceTrack, crop_scale: float = DEFAULT_CROP_SCALE,
-                progress: bool = False) -> Iterator[np.ndarray]:
-    """BGR 224x224 crops of `track`, decoded lazily from its frames of `video` (seeking to its start), so
-    memory does not grow with the track's length."""
-    cx, cy, half = crop_geometry(track.boxes)
-    frames = VideoReader(video, fps=VIDEO_FPS).frames(track.start, track.stop)
-    with _progress(track.stop - track.start, "score track", progress) as bar:
-        for j, rgb in enumerate(frames):
-            yield np.ascontiguousarray(crop_face(rgb, cx[j], cy[j], half[j], crop_scale)[:, :, ::-1])  # RGB -> BGR
-            bar.update()
-
-
 def sync_confidence(
     video: str | Path,
     checkpoint: str | Path | SyncNetV2,
@@ -441,7 +403,6 @@ def sync_confidence(
         tracks=results,
         frames=len(detections),
     )
-
 
 
 __all__ = [

@@ -58,10 +58,6 @@ LANDMARK_NODES_INSPECTED = 8  # Landmark.__init__ looks at the first 8 graph nod
 LANDMARK_BN_DATA_NODES = 3  # ... and for a `bn_data` node among the first 3
 LANDMARK_3D_OUTPUT_SIZE = 3000  # outputs this long are (x, y, z) triplets (Landmark.get)
 
-ONNX_MODEL_GRAPH_FIELD = 7  # ModelProto.graph (onnx/onnx.proto)
-ONNX_GRAPH_NODE_FIELD = 1  # GraphProto.node
-ONNX_NODE_NAME_FIELD = 3  # NodeProto.name
-
 PathLike = Union[str, Path]
 
 
@@ -79,9 +75,8 @@ def alignment_points(landmarks_106: np.ndarray) -> np.ndarray:
     return np.round(points).astype(np.float32)
 
 
-
 # ---------------------------------------------------------------------------------------------------------------
-# onnxruntime helpers
+# onnxruntime sessions and the onnx graph
 
 
 def _default_providers() -> list[str]:
@@ -90,6 +85,12 @@ def _default_providers() -> list[str]:
     if "CUDAExecutionProvider" in ort.get_available_providers():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+def _unreadable(path: Path, error: Exception) -> CheckpointError:
+    """CheckpointError naming `path`, with the first line of the reader's message."""
+    detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return CheckpointError(f"{path.absolute()} is not a readable ONNX model: {detail}")
 
 
 def _session(path: PathLike, providers: Sequence[str] | None):
@@ -102,69 +103,25 @@ def _session(path: PathLike, providers: Sequence[str] | None):
     try:
         return ort.InferenceSession(str(path), providers=list(providers or _default_providers()))
     except Exception as e:  # onnxruntime raises its own exception types for unreadable files
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path.absolute()} is not a readable ONNX model: {detail}") from e
-
-
-def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-
-
-def _proto_fields(buf: memoryview, start: int, end: int):
-    """(field number, start, end) of every length-delimited field of one protobuf message; others skipped."""
-    pos = start
-    while pos < end:
-        key, pos = _read_varint(buf, pos)
-        field, wire_type = key >> 3, key & 7
-        if wire_type == 0:  # varint
-            _, pos = _read_varint(buf, pos)
-        elif wire_type == 1:  # 64-bit
-            pos += 8
-        elif wire_type == 2:  # length-delimited
-            length, pos = _read_varint(buf, pos)
-            yield field, pos, pos + length
-            pos += length
-        elif wire_type == 5:  # 32-bit
-            pos += 4
-        else:
-            raise ValueError(f"unsupported protobuf wire type {wire_type}")
-    if pos != end:
-        raise ValueError("truncated protobuf message")
+        raise _unreadable(path, e) from e
 
 
 def onnx_node_names(path: PathLike, count: int) -> list[str]:
-    """The names of the first `count` nodes of an ONNX model's graph, read from the protobuf directly.
+    """The names of the first `count` nodes of an ONNX model's graph, or CheckpointError naming the file.
 
-    InsightFace decides the landmark model's input normalisation from these names (it uses the `onnx` package,
-    which is not a runtime dependency of ours; onnxruntime does not expose node names).
+    InsightFace decides the landmark model's input normalisation from these names and reads them, as we do,
+    with the `onnx` package (onnxruntime does not expose node names). Imported here so that the mediapipe
+    backend, and `import latentsync`, do not need it; external tensor data is not loaded, only the graph.
     """
+    import onnx
+    from google.protobuf.message import DecodeError  # what onnx.load raises for a file that is not a model
+
     path = Path(path)
     try:
-        buf = memoryview(path.read_bytes())
-        names: list[str] = []
-        for field, start, end in _proto_fields(buf, 0, len(buf)):
-            if field != ONNX_MODEL_GRAPH_FIELD:
-                continue
-            for gfield, gstart, gend in _proto_fields(buf, start, end):
-                if gfield != ONNX_GRAPH_NODE_FIELD:
-                    continue
-                name = ""
-                for nfield, nstart, nend in _proto_fields(buf, gstart, gend):
-                    if nfield == ONNX_NODE_NAME_FIELD:
-                        name = bytes(buf[nstart:nend]).decode("utf-8", errors="replace")
-                names.append(name)
-                if len(names) == count:
-                    return names
-        return names
-    except (OSError, IndexError, ValueError) as e:
-        raise CheckpointError(f"{path.absolute()} is not a readable ONNX model: {e}") from e
+        model = onnx.load(str(path), load_external_data=False)
+    except (OSError, DecodeError) as e:
+        raise _unreadable(path, e) from e
+    return [node.name for node in model.graph.node[:count]]
 
 
 def landmark_input_normalisation(node_names: Sequence[str]) -> tuple[float, float]:

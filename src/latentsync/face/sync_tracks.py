@@ -1,10 +1,11 @@
-"""The faces the SyncNet metric scores: joonson's tracker and face crop (LatentSync `eval/syncnet_detect.py`,
-from joonson/syncnet_python's `run_pipeline.py`), on per-frame boxes and frames already in memory.
+"""The faces the SyncNet metric scores: the detection pass over a video, joonson's tracker and face crop
+(LatentSync `eval/syncnet_detect.py`, from joonson/syncnet_python's `run_pipeline.py`).
 
-`track_faces` joins per-frame detections into tracks (greedy IoU, gaps of up to 25 frames, length and size
-filters); `crop_geometry` smooths a track's boxes into crop centres and sizes; `crop_face` cuts the
-reference's 0.4-scale crop at the SyncNet input size. Reading the video and scoring the crops are in
-`latentsync.sync_score` (`detect_faces`, `track_crops`, `sync_confidence`).
+`detect_faces` runs a face backend on every 25 fps frame of a video; `track_faces` joins the per-frame
+detections into tracks (greedy IoU, gaps of up to 25 frames, length and size filters); `crop_geometry`
+smooths a track's boxes into crop centres and sizes; `crop_face` cuts the reference's 0.4-scale crop at the
+SyncNet input size, and `track_crops` streams a track's crops from the video. Scoring the crops is in
+`latentsync.sync_score` (`sync_confidence`).
 
 One difference from the reference: a track takes at most one box per frame (see `track_faces`). The crop is
 the reference's to the pixel, computed without building the padded frame.
@@ -13,18 +14,22 @@ the reference's to the pixel, computed without building the padded frame.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
+from ..defaults import FPS
+from ..media import VideoReader, probe_video
 from ..models.syncnet_v2 import CROP_SIZE
 from .boxes import iou
 
 # ---------------------------------------------------------------------------------------------------------
 # Constants of the reference (syncnet_detect.py / run_pipeline.py)
 
+VIDEO_FPS = int(FPS)  # the rate at which the metric reads every video (SyncNet's windows are 25 fps frames)
 IOU_THRESHOLD = 0.5  # a detection continues a track if its IoU with the track's last box exceeds this
 MAX_MISSED_FRAMES = 25  # `num_failed_det`: a track ends after a gap longer than this
 DEFAULT_MIN_TRACK = 50  # frames; a track must be longer than this
@@ -48,6 +53,25 @@ class FaceTrack:
     @property
     def stop(self) -> int:
         return int(self.frames[-1]) + 1
+
+
+def _progress(total: int | None, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", leave=False, disable=not enabled, dynamic_ncols=True)
+
+
+def detect_faces(video: Path, backend, progress: bool = False) -> list[list[np.ndarray]]:
+    """Boxes (4,) of every face `backend` finds in each 25 fps frame of `video`."""
+    reset = getattr(backend, "reset", None)
+    if callable(reset):
+        reset()  # mediapipe tracks between calls: start this video afresh
+    detections = []
+    with _progress(probe_video(video).frames_at(VIDEO_FPS), "detect faces", progress) as bar:
+        for frame in VideoReader(video, fps=VIDEO_FPS).frames():
+            detections.append([np.asarray(f.box, dtype=np.float64) for f in backend.detect(frame)])
+            bar.update()
+    return detections
 
 
 def track_faces(
@@ -133,7 +157,20 @@ def _clip_span(lo: int, hi: int, size: int) -> tuple[int, int]:
     return lo, max(hi, lo)
 
 
+def track_crops(video: Path, track: FaceTrack, crop_scale: float = DEFAULT_CROP_SCALE,
+                progress: bool = False) -> Iterator[np.ndarray]:
+    """BGR 224x224 crops of `track`, decoded lazily from its frames of `video` (seeking to its start), so
+    memory does not grow with the track's length."""
+    cx, cy, half = crop_geometry(track.boxes)
+    frames = VideoReader(video, fps=VIDEO_FPS).frames(track.start, track.stop)
+    with _progress(track.stop - track.start, "score track", progress) as bar:
+        for j, rgb in enumerate(frames):
+            yield np.ascontiguousarray(crop_face(rgb, cx[j], cy[j], half[j], crop_scale)[:, :, ::-1])  # RGB -> BGR
+            bar.update()
+
+
 __all__ = [
     "CROP_PAD_VALUE", "DEFAULT_CROP_SCALE", "DEFAULT_MIN_FACE_SIZE", "DEFAULT_MIN_TRACK", "IOU_THRESHOLD",
-    "MAX_MISSED_FRAMES", "SMOOTH_KERNEL", "FaceTrack", "crop_face", "crop_geometry", "track_faces",
+    "MAX_MISSED_FRAMES", "SMOOTH_KERNEL", "VIDEO_FPS", "FaceTrack", "crop_face", "crop_geometry", "detect_faces",
+    "track_crops", "track_faces",
 ]
