@@ -28,7 +28,7 @@ import contextlib
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .defaults import FPS
+
+if TYPE_CHECKING:
+    from .pipeline import SamplingOptions
 
 GiB = 2**30
 
@@ -151,64 +154,89 @@ def _module_bytes(module: torch.nn.Module) -> int:
     return sum(t.untyped_storage().nbytes() for t in [*module.parameters(), *module.buffers()])
 
 
-def _meta_models(unet_config, dtype, vae_config, whisper_dims=None, host_vae=False):
-    """The UNet, VAE and Whisper encoder of the given architectures on the meta device (the VAE, with
-    `host_vae`, real in host memory: an offloaded VAE is copied to the device and needs a source)."""
-    from diffusers import AutoencoderKL
-    from whisper.model import AudioEncoder
+@dataclass(frozen=True)
+class ChunkJob:
+    """What the estimates run: one `LipSyncPipeline` call on `batch_chunks` chunks of `frames` faces (default 16),
+    denoised with `sampling` (`SamplingOptions`; the defaults if None) by the UNet of `unet_config` (a config
+    name, path or object, whose `data.resolution` is the face size), weights in `dtype`. `offload`: the
+    low-memory mode's placement, the VAE and Whisper in host memory while idle. `vae_config`: the VAE's
+    architecture (a config.json's dict; SD's VAE if None); `whisper_dims`: the Whisper encoder's (the tiny one's
+    if None). The public functions below take these fields as keywords."""
 
-    from .config import load_unet_config
-    from .demo import TINY_WHISPER_DIMS
-    from .models.unet import UNet3DConditionModel
-    from .models.vae import SD_VAE_CONFIG
+    unet_config: object
+    dtype: torch.dtype = torch.float16
+    sampling: SamplingOptions | None = None
+    batch_chunks: int = 1
+    frames: int | None = None
+    offload: bool = False
+    vae_config: dict | None = None
+    whisper_dims: dict | None = None
 
-    config = load_unet_config(unet_config)
-    dims = whisper_dims or TINY_WHISPER_DIMS
-    with torch.device("meta"):
-        unet = UNet3DConditionModel(config.model).to(dtype).eval()
-        whisper = AudioEncoder(dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"],
-                               dims["n_audio_layer"])  # float32 weights, as WhisperAudioEncoder keeps them
-    with torch.device("cpu" if host_vae else "meta"):
-        vae = AutoencoderKL.from_config(vae_config or SD_VAE_CONFIG)  # a config.json's dict will do too
-    # nn.Module's own cast: diffusers' override warns about modules to keep in float32, of which the VAE has none.
-    vae = torch.nn.Module.to(vae, dtype).eval().requires_grad_(False)
-    return unet, vae, whisper, config.data.resolution, dims["n_audio_state"]
+    @property
+    def options(self) -> SamplingOptions:
+        from .pipeline import SamplingOptions
+
+        return self.sampling or SamplingOptions()
+
+    @property
+    def chunk_frames(self) -> int:
+        from .pipeline import CHUNK_FRAMES
+
+        return self.frames or CHUNK_FRAMES
+
+    def models(self):
+        """The UNet, VAE and Whisper encoder of the job's architectures on the meta device (the VAE, with
+        `offload`, real in host memory: an offloaded VAE is copied to the device and needs a source), the face
+        size and the audio tokens' width."""
+        from diffusers import AutoencoderKL
+        from whisper.model import AudioEncoder
+
+        from .config import load_unet_config
+        from .demo import TINY_WHISPER_DIMS
+        from .models.unet import UNet3DConditionModel
+        from .models.vae import SD_VAE_CONFIG
+
+        config = load_unet_config(self.unet_config)
+        dims = self.whisper_dims or TINY_WHISPER_DIMS
+        with torch.device("meta"):
+            unet = UNet3DConditionModel(config.model).to(self.dtype).eval()
+            whisper = AudioEncoder(dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"],
+                                   dims["n_audio_layer"])  # float32 weights, as WhisperAudioEncoder keeps them
+        with torch.device("cpu" if self.offload else "meta"):
+            vae = AutoencoderKL.from_config(self.vae_config or SD_VAE_CONFIG)  # a config.json's dict will do too
+        # nn.Module's own cast: diffusers' override warns about modules to keep in float32, of which the VAE has none.
+        vae = torch.nn.Module.to(vae, self.dtype).eval().requires_grad_(False)
+        return unet, vae, whisper, config.data.resolution, dims["n_audio_state"]
+
+    def inputs(self, resolution: int, tokens_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Zero faces and audio tokens, shaped as `LipSyncPipeline` takes them (no batch axis for one chunk); the
+        values do not matter on the meta device."""
+        shape = (self.batch_chunks, self.chunk_frames) if self.batch_chunks > 1 else (self.chunk_frames,)
+        return (torch.zeros(*shape, resolution, resolution, 3, dtype=torch.uint8),
+                torch.zeros(*shape, 50, tokens_dim))
 
 
-def _chunk_inputs(resolution: int, tokens_dim: int, batch_chunks: int, frames: int | None):
-    """Zero faces and audio tokens of `batch_chunks` chunks of `frames` (default 16) frames, shaped as
-    `LipSyncPipeline` takes them (no batch axis for one chunk); the values do not matter on the meta device."""
-    from .pipeline import CHUNK_FRAMES
-
-    shape = (batch_chunks, frames or CHUNK_FRAMES) if batch_chunks > 1 else (frames or CHUNK_FRAMES,)
-    return (torch.zeros(*shape, resolution, resolution, 3, dtype=torch.uint8),
-            torch.zeros(*shape, 50, tokens_dim))
+def _phase_modules(unet: torch.nn.Module, vae) -> tuple[tuple[torch.nn.Module, str], ...]:
+    """The modules whose calls the estimates count apart, with the names of their phases."""
+    return ((unet, "unet"), (vae.encoder, "vae encode"), (vae.decoder, "vae decode"))
 
 
-def estimate_chunk_memory(
-    unet_config,
-    *,
-    dtype: torch.dtype = torch.float16,
-    sampling=None,
-    batch_chunks: int = 1,
-    frames: int | None = None,
-    offload: bool = False,
-    vae_config: dict | None = None,
-    whisper_dims: dict | None = None,
-) -> MemoryEstimate:
+def estimate_chunk_memory(unet_config, **job) -> MemoryEstimate:
     """Peak device memory of denoising `batch_chunks` chunks of `frames` faces in one call, as `LipSync` does.
 
-    `unet_config`: a UNet config (name, path or object), whose `data.resolution` is the face size. `sampling`:
-    `SamplingOptions` (the steps do not change the peak, so two are run). `offload`: the low-memory mode's
-    placement, the VAE and Whisper in host memory while idle. `sampling.vae_slice`: frames per VAE call (0, the
-    default: the whole chunk at once, as the reference does; `choose_vae_slice` picks it as `LipSync` does).
-    The Whisper encoder's weights count as resident unless offloaded (its activations, for one 30 s window
-    before the first chunk, are far below the UNet's)."""
-    from .pipeline import LipSyncPipeline, SamplingOptions
+    `unet_config` and the keywords (dtype, sampling, batch_chunks, frames, offload, vae_config, whisper_dims)
+    describe the job (`ChunkJob`). The steps do not change the peak, so two are run. `sampling.vae_slice`:
+    frames per VAE call (0, the default: the whole chunk at once, as the reference does; `choose_vae_slice`
+    picks it as `LipSync` does). The Whisper encoder's weights count as resident unless offloaded (its
+    activations, for one 30 s window before the first chunk, are far below the UNet's)."""
+    return _chunk_memory(ChunkJob(unet_config, **job))
 
-    sampling = sampling or SamplingOptions()
-    unet, vae, whisper, resolution, tokens_dim = _meta_models(unet_config, dtype, vae_config, whisper_dims,
-                                                              host_vae=offload)
+
+def _chunk_memory(job: ChunkJob) -> MemoryEstimate:
+    from .pipeline import LipSyncPipeline
+
+    sampling, offload = job.options, job.offload
+    unet, vae, whisper, resolution, tokens_dim = job.models()
     whisper_bytes = 0 if offload else _module_bytes(whisper)
     unseen = _module_bytes(unet) + (0 if offload else _module_bytes(vae)) + whisper_bytes  # built outside
     trace = DeviceMemoryTrace()
@@ -220,9 +248,8 @@ def estimate_chunk_memory(
             trace.exclude(*vae.parameters(), *vae.buffers())
         resident = unseen + trace.live
         trace.reset_peak()
-        hooks = [*trace.tag_module(unet, "unet"), *trace.tag_module(vae.encoder, "vae encode"),
-                 *trace.tag_module(vae.decoder, "vae decode")]
-        faces, tokens = _chunk_inputs(resolution, tokens_dim, batch_chunks, frames)
+        hooks = [h for module, name in _phase_modules(unet, vae) for h in trace.tag_module(module, name)]
+        faces, tokens = job.inputs(resolution, tokens_dim)
         # The peak does not depend on the number of steps: two show every buffer the loop keeps.
         few = dataclasses.replace(sampling, num_steps=min(sampling.num_steps, 2))
         pipeline(faces, tokens, few, latents=noise, generator=torch.Generator().manual_seed(0))
@@ -232,31 +259,19 @@ def estimate_chunk_memory(
                           phases={k: v + unseen for k, v in trace.phase_peaks.items()})
 
 
-def choose_vae_slice(
-    unet_config,
-    *,
-    dtype: torch.dtype = torch.float16,
-    sampling=None,
-    batch_chunks: int = 1,
-    frames: int | None = None,
-    offload: bool = False,
-    vae_config: dict | None = None,
-    budget: int | None = None,
-) -> int:
-    """Frames per VAE call for a job with these settings (`SamplingOptions.vae_slice`): 0, the whole chunk in
-    one call, when its encode and decode fit in `budget` bytes, else the most frames that do.
+def choose_vae_slice(unet_config, *, budget: int | None = None, **job) -> int:
+    """Frames per VAE call for a job (`unet_config` and the keywords of `estimate_chunk_memory`; see
+    `ChunkJob`) as `SamplingOptions.vae_slice`: 0, the whole chunk in one call, when its encode and decode fit
+    in `budget` bytes, else the most frames that do.
 
     The budget is at least the UNet's peak for the same job, so the VAE never raises the job's peak above
     what denoising needs anyway; a larger `budget` (a device with memory to spare) allows larger slices.
     The VAE's peaks grow linearly with the frames per call: they are estimated for whole chunks and for one
     frame per call, and the slice is read off the line between."""
-    from .pipeline import CHUNK_FRAMES, SamplingOptions
-
-    sampling = sampling or SamplingOptions()
+    job = ChunkJob(unet_config, **job)
 
     def vae_peaks(size: int) -> tuple[dict, int]:
-        e = estimate_chunk_memory(unet_config, dtype=dtype, sampling=dataclasses.replace(sampling, vae_slice=size),
-                                  batch_chunks=batch_chunks, frames=frames, offload=offload, vae_config=vae_config)
+        e = _chunk_memory(dataclasses.replace(job, sampling=dataclasses.replace(job.options, vae_slice=size)))
         return {phase: e.phases[phase] for phase in ("vae encode", "vae decode")}, e.phases["unet"]
 
     whole, unet = vae_peaks(0)
@@ -264,10 +279,10 @@ def choose_vae_slice(
     if max(whole.values()) <= budget:
         return 0
     one, _ = vae_peaks(1)
-    f = frames or CHUNK_FRAMES
+    f = job.chunk_frames
     # Frames in each call when whole: the encode takes one chunk's masked (then reference) faces, the decode
     # every chunk of the batch.
-    frames_in = {"vae encode": f, "vae decode": batch_chunks * f}
+    frames_in = {"vae encode": f, "vae decode": job.batch_chunks * f}
     fitting = []
     for phase, n in frames_in.items():
         per_frame = (whole[phase] - one[phase]) / max(n - 1, 1)
@@ -290,22 +305,15 @@ class FlopCount:
         return self.total * fps / self.frames
 
 
-def count_chunk_flops(
-    unet_config,
-    *,
-    dtype: torch.dtype = torch.float16,
-    sampling=None,
-    batch_chunks: int = 1,
-    frames: int | None = None,
-    vae_config: dict | None = None,
-) -> FlopCount:
+def count_chunk_flops(unet_config, **job) -> FlopCount:
     """The arithmetic of denoising `batch_chunks` chunks of `frames` faces with `sampling` (all its steps), as
-    `LipSyncPipeline` does, counted on the meta device."""
+    `LipSyncPipeline` does, counted on the meta device (`unet_config` and the keywords: see `ChunkJob`)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .pipeline import LipSyncPipeline, SamplingOptions
+    from .pipeline import LipSyncPipeline
 
-    unet, vae, _, resolution, tokens_dim = _meta_models(unet_config, dtype, vae_config)
+    job = ChunkJob(unet_config, **job)
+    unet, vae, _, resolution, tokens_dim = job.models()
     counter = FlopCounterMode(display=False)
     phases: dict[str, int] = {}
     started: list[int] = []
@@ -319,12 +327,12 @@ def count_chunk_flops(
         return hook
 
     hooks = []
-    for module, name in ((unet, "unet"), (vae.encoder, "vae encode"), (vae.decoder, "vae decode")):
+    for module, name in _phase_modules(unet, vae):
         hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave(name))]
-    pipeline = LipSyncPipeline(unet, vae, resolution)
-    faces, tokens = _chunk_inputs(resolution, tokens_dim, batch_chunks, frames)
+    pipeline = LipSyncPipeline(unet, vae, resolution, offload_vae=job.offload)
+    faces, tokens = job.inputs(resolution, tokens_dim)
     with torch.no_grad(), counter, HostCopies():
-        pipeline(faces, tokens, sampling or SamplingOptions(), latents=pipeline.initial_noise(0),
+        pipeline(faces, tokens, job.options, latents=pipeline.initial_noise(0),
                  generator=torch.Generator().manual_seed(0))
     for h in hooks:
         h.remove()
