@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .audio import frame_window
 from .defaults import FPS
@@ -310,6 +311,4 @@ def _progress_bar(total: int, progress: Progress):
         return _CallbackBar(progress, total, "lip sync")
     if not progress:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc="lip sync", unit="frame", dynamic_ncols=True)

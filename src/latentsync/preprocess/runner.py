@@ -22,6 +22,7 @@ their last digits, because Ray runs each worker's torch with one thread, which s
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import multiprocessing
@@ -32,6 +33,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from tqdm.auto import tqdm
 
 from ..config import PreprocessConfig, load_preprocess_config, to_dict
 from ..errors import InputError, LatentSyncError
@@ -57,8 +60,6 @@ STEP_CLASSES = {
 
 def build_steps(config: PreprocessConfig, names: Sequence[str] | None = None) -> list[Step]:
     """The steps called `names` (default: all seven), in pipeline order."""
-    import importlib
-
     names = list(names) if names else list(STEP_NAMES)
     unknown = [n for n in names if n not in STEP_CLASSES]
     if unknown:
@@ -387,8 +388,6 @@ def _item_seconds(item: Item) -> float:
 def _progress(total: int, name: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=f"{name:9s}", unit="clip", dynamic_ncols=True)
 
 

@@ -16,18 +16,25 @@ import time
 from pathlib import Path
 
 import torch
+from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from tqdm.auto import tqdm
 
+from ..audio import SyncNetMelCache, WhisperAudioEncoder
 from ..config import load_unet_config, load_syncnet_config, to_dict
 from ..data.unet import UNetDataset, WhisperFeatures
 from ..devices import resolve_precision
 from ..errors import ConfigError, InputError
+from ..inference import InferenceOptions, LipSync
+from ..models.syncnet import load_syncnet
 from ..models.unet import load_unet, save_unet_checkpoint
 from ..models.vae import load_vae
-from ..pipeline import make_scheduler
+from ..pipeline import LipSyncPipeline, make_scheduler
+from ..sync_score import sync_confidence
 from ..weights import CheckpointLayout, default_checkpoints_dir
 from . import distributed, state
 from .log import MetricsLog
+from .losses import LPIPS, TREPALoss
 from .objective import Frozen, UNetObjective
 
 log = logging.getLogger("latentsync.train")
@@ -116,13 +123,9 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     (whisper_path,) = layout.require("whisper")
     features = WhisperFeatures(whisper_path, cache_dir=cfg.data.audio_embeds_cache_dir or None,
                                device=str(d.device))
-    from ..audio import SyncNetMelCache
-
     dataset = UNetDataset(source, cfg, features, with_mel=frozen.syncnet is not None, seed=cfg.run.seed,
                           mel_cache=SyncNetMelCache(cfg.data.audio_mel_cache_dir or None))
     if d.is_main:  # each clip's audio is encoded once, here; every worker then reads the disk cache
-        from tqdm.auto import tqdm
-
         for clip in tqdm(dataset.clips, desc="audio features", unit="clip", disable=not progress):
             features(clip.path)
     distributed.barrier(d)
@@ -133,8 +136,6 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
         raise InputError(f"{source}: {len(dataset)} samples, fewer than one batch of {cfg.data.batch_size} per rank")
 
     # ---- optimiser -----------------------------------------------------------------------------------
-    from diffusers.optimization import get_scheduler
-
     lr = cfg.optimizer.lr * (cfg.data.batch_size * d.world_size if cfg.optimizer.scale_lr else 1)
     optimizer = torch.optim.AdamW(params, lr=lr)
     lr_schedule = get_scheduler(cfg.optimizer.lr_scheduler, optimizer=optimizer,
@@ -156,8 +157,6 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     last: dict[str, float] = {}
     bar = None
     if progress and d.is_main:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=total_steps, initial=step, desc="train unet", unit="step", dynamic_ncols=True)
     try:
         while step < total_steps:
@@ -234,10 +233,6 @@ def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path,
     video, audio = cfg.data.val_video_path, cfg.data.val_audio_path
     if not (video and audio):
         return
-    from ..audio import WhisperAudioEncoder
-    from ..inference import InferenceOptions, LipSync
-    from ..pipeline import LipSyncPipeline
-
     out = run_dir / VALIDATION_DIR / f"step-{step:08d}.mp4"
     out.parent.mkdir(parents=True, exist_ok=True)
     was_training = unet.training
@@ -249,8 +244,6 @@ def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path,
         lipsync.run(video, audio, out, InferenceOptions(steps=cfg.run.inference_steps,
                                                         guidance=cfg.run.guidance_scale), progress=False)
         if layout.is_present("syncnet_v2"):
-            from ..sync_score import sync_confidence
-
             result = sync_confidence(out, layout.syncnet_v2, progress=False)
             if result.found:
                 metrics.log(step, val_lse_c=result.lse_c, val_lse_d=result.lse_d)
@@ -259,22 +252,16 @@ def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path,
 
 
 def _lpips(layout: CheckpointLayout, device):
-    from .losses import LPIPS
-
     (vgg,) = layout.require("vgg16")
     return LPIPS(vgg, device=device)
 
 
 def _trepa(layout: CheckpointLayout, device, dtype, model_config: str):
-    from .losses import TREPALoss
-
     (videomae,) = layout.require("videomae")
     return TREPALoss(videomae, device=device, dtype=dtype, config=model_config)
 
 
 def _syncnet(config_path: str, layout: CheckpointLayout, device, dtype):
-    from ..models.syncnet import load_syncnet
-
     syncnet_cfg = load_syncnet_config(config_path)
     path = syncnet_cfg.ckpt.inference_ckpt_path
     if not path or not Path(path).is_file():
