@@ -20,18 +20,13 @@ from .config import load_unet_config, to_dict
 from .defaults import FPS, SAMPLE_RATE_HZ
 from .media import VideoWriter, write_wav
 from .models.unet import load_unet, save_unet_checkpoint
+from .models.whisper import TINY_WHISPER_DIMS
 
 DEMO_RESOLUTION = 128  # face crop of the tiny demo model (the published models use 256 and 512)
 DEMO_FPS = FPS
 SPEECH_RATE_HZ = SAMPLE_RATE_HZ
 UNET_CONFIG_NAME = "unet.yaml"  # written beside the tiny weights
 
-# Whisper tiny's encoder dimensions (the UNet's cross-attention expects 384-d tokens); the text decoder, which
-# latentsync never runs, is shrunk to keep the file small.
-TINY_WHISPER_DIMS = dict(
-    n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
-    n_vocab=64, n_text_ctx=8, n_text_state=64, n_text_head=2, n_text_layer=1,
-)
 # A small AutoencoderKL with SD's latent geometry (4 channels, 8x downsampling).
 TINY_VAE_CONFIG = dict(
     in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=32,

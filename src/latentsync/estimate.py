@@ -192,9 +192,9 @@ class ChunkJob:
         from whisper.model import AudioEncoder
 
         from .config import load_unet_config
-        from .demo import TINY_WHISPER_DIMS
         from .models.unet import UNet3DConditionModel
         from .models.vae import SD_VAE_CONFIG
+        from .models.whisper import TINY_WHISPER_DIMS
 
         config = load_unet_config(self.unet_config)
         dims = self.whisper_dims or TINY_WHISPER_DIMS

@@ -70,6 +70,13 @@ OVERLAP_MAX_HOP_ROWS = 1_000
 
 WINDOW_MODES = ("overlap", "reference")
 CHECKPOINT_ENCODER_PREFIX = "encoder."
+# Whisper tiny's encoder dimensions (the UNet's cross-attention expects 384-d tokens), with the text decoder,
+# which latentsync never runs, shrunk: the Whisper files the demo and the tests write, and the encoder the
+# memory estimates assume.
+TINY_WHISPER_DIMS = dict(
+    n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6, n_audio_layer=4,
+    n_vocab=64, n_text_ctx=8, n_text_state=64, n_text_head=2, n_text_layer=1,
+)
 
 
 @functools.cache
