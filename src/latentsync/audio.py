@@ -29,8 +29,11 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import platformdirs
 import torch
 from einops import rearrange
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from . import defaults
 from .devices import resolve_device, resolve_dtype
@@ -110,8 +113,6 @@ def cache_root() -> Path:
     """`$LATENTSYNC_CACHE_DIR` if the variable is set, else the user cache folder of latentsync."""
     root = os.environ.get(CACHE_DIR_ENV)
     if not root:
-        import platformdirs
-
         root = platformdirs.user_cache_dir(CACHE_APP_NAME)
     return Path(root)
 
@@ -155,9 +156,6 @@ class FeatureCache:
 
     def _read(self, path: Path, shape: tuple[int, ...] | None) -> torch.Tensor | None:
         """The entry at `path`, or None when it is unreadable, not float32 or (given `shape`) another shape."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             tensor = load_file(str(path))[self.tensor_name]
         except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
@@ -170,8 +168,6 @@ class FeatureCache:
         return tensor
 
     def _write(self, path: Path, tensor: torch.Tensor, metadata: dict[str, str]) -> None:
-        from safetensors.torch import save_file
-
         try:
             # Written under a temporary name in the same folder, then renamed: readers never see half a file.
             with atomic_write(path, suffix=".safetensors") as tmp:

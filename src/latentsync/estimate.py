@@ -28,17 +28,23 @@ import contextlib
 import dataclasses
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .defaults import FPS
+from diffusers import AutoencoderKL
+from torch.utils.flop_counter import FlopCounterMode
 
-if TYPE_CHECKING:
-    from .pipeline import SamplingOptions
+from .config import load_unet_config
+from .defaults import FPS
+from .models.unet import UNet3DConditionModel
+from .models.vae import SD_VAE_CONFIG
+from .models.whisper import TINY_WHISPER_DIMS, whisper_package
+from .pipeline import CHUNK_FRAMES, LipSyncPipeline, SamplingOptions
+
 
 GiB = 2**30
 
@@ -174,34 +180,23 @@ class ChunkJob:
 
     @property
     def options(self) -> SamplingOptions:
-        from .pipeline import SamplingOptions
-
         return self.sampling or SamplingOptions()
 
     @property
     def chunk_frames(self) -> int:
-        from .pipeline import CHUNK_FRAMES
-
         return self.frames or CHUNK_FRAMES
 
     def models(self):
         """The UNet, VAE and Whisper encoder of the job's architectures on the meta device (the VAE, with
         `offload`, real in host memory: an offloaded VAE is copied to the device and needs a source), the face
         size and the audio tokens' width."""
-        from diffusers import AutoencoderKL
-        from whisper.model import AudioEncoder
-
-        from .config import load_unet_config
-        from .models.unet import UNet3DConditionModel
-        from .models.vae import SD_VAE_CONFIG
-        from .models.whisper import TINY_WHISPER_DIMS
 
         config = load_unet_config(self.unet_config)
         dims = self.whisper_dims or TINY_WHISPER_DIMS
         with torch.device("meta"):
             unet = UNet3DConditionModel(config.model).to(self.dtype).eval()
-            whisper = AudioEncoder(dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"],
-                                   dims["n_audio_layer"])  # float32 weights, as WhisperAudioEncoder keeps them
+            whisper = whisper_package().model.AudioEncoder(  # float32 weights, as WhisperAudioEncoder keeps them
+                dims["n_mels"], dims["n_audio_ctx"], dims["n_audio_state"], dims["n_audio_head"], dims["n_audio_layer"])
         with torch.device("cpu" if self.offload else "meta"):
             vae = AutoencoderKL.from_config(self.vae_config or SD_VAE_CONFIG)  # a config.json's dict will do too
         # nn.Module's own cast: diffusers' override warns about modules to keep in float32, of which the VAE has none.
@@ -233,8 +228,6 @@ def estimate_chunk_memory(unet_config, **job) -> MemoryEstimate:
 
 
 def _chunk_memory(job: ChunkJob) -> MemoryEstimate:
-    from .pipeline import LipSyncPipeline
-
     sampling, offload = job.options, job.offload
     unet, vae, whisper, resolution, tokens_dim = job.models()
     whisper_bytes = 0 if offload else _module_bytes(whisper)
@@ -308,9 +301,6 @@ class FlopCount:
 def count_chunk_flops(unet_config, **job) -> FlopCount:
     """The arithmetic of denoising `batch_chunks` chunks of `frames` faces with `sampling` (all its steps), as
     `LipSyncPipeline` does, counted on the meta device (`unet_config` and the keywords: see `ChunkJob`)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .pipeline import LipSyncPipeline
 
     job = ChunkJob(unet_config, **job)
     unet, vae, _, resolution, tokens_dim = job.models()
