@@ -287,7 +287,8 @@ def launch(app, settings: AppSettings, host: str = DEFAULT_HOST, port: int | Non
 def serve(settings: AppSettings | None = None, *, checkpoints: str | Path | None = None, version: str | None = None,
           unet_config: str | Path | None = None, demo: bool = False, host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, lazy: bool = False, device: str = "auto", dtype: str = "auto",
-          face_backend: str = "auto", compile: bool = False, quiet: bool = False) -> None:
+          face_backend: str = "auto", compile: bool = False, quiet: bool = False,
+          unet: str | Path | None = None) -> None:
     """`latentsync app`: load the models (now, or on the first request with `lazy`), build the page with the
     demo clip as its example, and serve until interrupted. Everything the server writes (its Gradio cache,
     jobs, results, examples, and with `demo` the tiny checkpoints) lives in one temporary folder, removed
@@ -308,12 +309,13 @@ def serve(settings: AppSettings | None = None, *, checkpoints: str | Path | None
             checkpoints = write_tiny_checkpoints(root / "checkpoints")
             unet_config = checkpoints / UNET_CONFIG_NAME
         checkpoints = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
-        CheckpointLayout(checkpoints).require("unet", "whisper", "vae")  # missing weights: one line, at start
+        # Missing weights: one line, at start. `unet`: the user's own UNet file instead of the folder's.
+        CheckpointLayout(checkpoints).require(*(["unet"] if unet is None else []), "whisper", "vae")
 
         def make() -> LipSync:
             return LipSync(checkpoints, version=version, unet_config=unet_config, device=device, dtype=dtype,
                            face_backend=face_backend, audio_cache=False if demo else None, compile=compile,
-                           offload=settings.low_memory)
+                           offload=settings.low_memory, unet=unet)
 
         if not quiet and not lazy:
             print("loading the models ...", file=sys.stderr)

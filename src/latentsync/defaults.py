@@ -21,7 +21,14 @@ DEFAULT_SEED = 1247
 # the slowest CPU stage of inference, so the fast preset is the default.
 DEFAULT_CRF = 18
 DEFAULT_PRESET = "veryfast"
+MAX_CRF = 51  # libx264's CRF runs from 0 (lossless) to 51 (worst)
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+# Length, when the video and the audio differ. A shorter video is looped: "pingpong" plays it forward, backward,
+# forward, ... (the reference), "repeat" from the start again, "freeze" holds its last frame. A longer video is
+# cut to the audio ("audio", the reference), or kept whole with the speech padded by silence ("video").
+LOOP_MODES = ("pingpong", "repeat", "freeze")
+TRIM_MODES = ("audio", "video")
 
 # Faces.
 MIN_FACE_SCORE = 0.5  # the reference's least detection score (InsightFace's det_thresh, its face filter)

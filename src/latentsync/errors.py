@@ -14,6 +14,15 @@ class ConfigError(LatentSyncError):
     """A configuration file or value is invalid."""
 
 
+class OptionError(ConfigError):
+    """One setting of a job is unusable: `option` is its name (`InferenceOptions`' field), `reason` what is wrong.
+    The CLI reports it under the option's flag (`--crf`), the Python API under the field's name."""
+
+    def __init__(self, option: str, reason: str):
+        super().__init__(f"{option}: {reason}")
+        self.option, self.reason = option, reason
+
+
 class CheckpointError(LatentSyncError):
     """A weight file is missing, unreadable, or does not match the model it is loaded into."""
 

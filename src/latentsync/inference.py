@@ -28,27 +28,31 @@ from typing import Callable, Iterator, Union
 import numpy as np
 import torch
 
-from .audio import MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder, num_video_frames
+from .audio import (MEL_FRAMES_PER_ROW, MEL_HOP_SAMPLES, MIN_SAMPLES, SAMPLE_RATE_HZ, WhisperAudioEncoder,
+                    num_video_frames)
 from .config import load_unet_config
-from .defaults import DEFAULT_CRF, DEFAULT_DETECT_EVERY, FPS
+from .defaults import (DEFAULT_CRF, DEFAULT_DETECT_EVERY, FPS, LOOP_MODES, MAX_CRF, MIN_FACE_SCORE, TRIM_MODES,
+                       X264_PRESETS)
 from .devices import resolve_device, resolve_dtype
-from .errors import ConfigError, InputError, ResourceError
+from .errors import CheckpointError, ConfigError, InputError, OptionError, ResourceError
 from .fileio import refuse_overwriting_inputs
 from .face.detect import load_face_backend
-from .defaults import MIN_FACE_SCORE
 from .face.mask import mouth_mask
-from .face.tracking import check_threshold
+from .face.tracking import check_rule, check_threshold
 from .job import MISSED_WARNING_FRACTION, Job, describe_misses
-from .media import (DEFAULT_PRESET, VideoWriter, check_output_path, decode_audio, probe_audio,
+from .media import (DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_audio,
                     probe_video)
 from .models.unet import load_unet
 from .models.vae import load_vae
-from .pipeline import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, LipSyncPipeline, SamplingOptions
+from .models.whisper import WINDOW_MODES
+from .pipeline import (DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, SCHEDULERS, LipSyncPipeline,
+                       SamplingOptions)
 from .weights import UNET_CONFIG_FOR_VERSION, CheckpointLayout, default_checkpoints_dir, installed_version
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VERSION = "1.6"
+SAMPLES_PER_FRAME_25 = round(SAMPLE_RATE_HZ / FPS)  # 640 samples of 16 kHz audio per 25 fps frame
 # Low-memory jobs run the UNet's feed-forward on at most this many tokens at a time: 4 frames of the 64x64 latent
 # at 512 px (`estimate.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7
 # GB; it is no longer the largest term below that, so smaller slices only add kernel launches).
@@ -85,6 +89,40 @@ class InferenceOptions:
     mask: str | Path | None = None  # a mouth mask image (face.mask); None: the published mask.png
     face_threshold: float = MIN_FACE_SCORE  # the least detection score of a face (lower: stylised, drawn faces)
     min_face_fraction: float = 0.0  # fail (InputError) when fewer frames than this share have a face; 0: never
+    loop: str = "pingpong"  # a video shorter than the audio: pingpong (the reference), repeat or freeze
+    trim: str = "audio"  # a video longer than the audio: cut to the audio (the reference), or keep it ("video")
+
+    def check(self) -> InferenceOptions:
+        """`OptionError` naming the first unusable setting, before any file or model is touched; a warning for a
+        face threshold below the models'. Returns the options."""
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise OptionError(name, f"{what}, got {getattr(self, name)!r}")
+
+        need(_whole(self.steps) and self.steps >= 1, "steps", "must be a whole number, at least 1")
+        need(_number(self.guidance) and self.guidance >= 1, "guidance", "must be at least 1 (1: no guidance)")
+        need(_whole(self.seed), "seed", "must be a whole number")
+        need(self.scheduler in SCHEDULERS, "scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+        need(_whole(self.deepcache) and self.deepcache >= 0, "deepcache", "must be 0 (off) or a whole number of steps")
+        need(_whole(self.batch_chunks) and self.batch_chunks >= 1, "batch_chunks", "must be a whole number, at least 1")
+        need(_whole(self.crf) and 0 <= self.crf <= MAX_CRF, "crf", f"must be a whole number from 0 to {MAX_CRF}")
+        need(self.preset in X264_PRESETS, "preset", f"must be one of {', '.join(X264_PRESETS)}")
+        need(self.audio_window in WINDOW_MODES, "audio_window", f"must be one of {', '.join(WINDOW_MODES)}")
+        need(_whole(self.detect_every) and self.detect_every >= 1, "detect_every", "must be a whole number, at least 1")
+        need(self.loop in LOOP_MODES, "loop", f"must be one of {', '.join(LOOP_MODES)}")
+        need(self.trim in TRIM_MODES, "trim", f"must be one of {', '.join(TRIM_MODES)}")
+        for name, check in (("face", check_rule), ("face_threshold", check_threshold)):
+            try:
+                check(getattr(self, name))
+            except ConfigError as e:
+                raise OptionError(name, str(e)) from None
+        fraction = self.min_face_fraction
+        need(_number(fraction) and 0 <= fraction <= 1, "min_face_fraction", "must be between 0 and 1")
+        if self.face_threshold < MIN_FACE_SCORE:
+            log.warning("face detection threshold %.2f (the models' is %.2f): stylised, drawn or 3D faces are not "
+                        "what the models were trained on, and less certain detections may not be faces",
+                        self.face_threshold, MIN_FACE_SCORE)
+        return self
 
     def sampling(self) -> SamplingOptions:
         """How each chunk is denoised under these options."""
@@ -112,16 +150,12 @@ def _missing_summary(count: int, missed: dict[str, int]) -> str:
     return f"{count} without a face, kept as they were{describe_misses(missed)}" if count else ""
 
 
-def _check_face_options(options: InferenceOptions) -> None:
-    """ConfigError for a threshold or minimum face fraction out of range; a warning for a low threshold."""
-    threshold = check_threshold(options.face_threshold)
-    fraction = options.min_face_fraction
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1:
-        raise ConfigError(f"the minimum face fraction must be between 0 and 1, got {fraction!r}")
-    if threshold < MIN_FACE_SCORE:
-        log.warning("face detection threshold %.2f (the models' is %.2f): stylised, drawn or 3D faces are not "
-                    "what the models were trained on, and less certain detections may not be faces",
-                    threshold, MIN_FACE_SCORE)
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def out_of_memory_message(device: torch.device, resolution: int, options: InferenceOptions) -> str:
@@ -176,6 +210,8 @@ class LipSync:
         channels_last: keep the convolution weights of the UNet and the VAE in channels-last (NHWC) layout, which
             the GPU's tensor-core convolutions prefer; the same results within rounding. `bench/gpu_inference.py`
             measures whether it pays on a given GPU.
+        unet: a UNet checkpoint (the published `latentsync_unet.pt` format) to load instead of the checkpoints
+            folder's, e.g. a fine-tuned one; `version` or `unet_config` must describe its architecture.
         offload: keep the VAE and the Whisper encoder in host memory while they are idle (the UNet's denoising,
             nearly all of a job); they visit the device to encode and decode. Part of the low-memory mode, with
             `InferenceOptions(low_memory=True)`; the same results.
@@ -194,10 +230,17 @@ class LipSync:
         compile: bool = False,
         channels_last: bool = False,
         offload: bool = False,
+        unet: str | Path | None = None,
     ):
         root = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
         layout = CheckpointLayout(root)
-        unet_path, whisper_path, vae_path = layout.require("unet", "whisper", "vae")
+        if unet is None:
+            unet_path, whisper_path, vae_path = layout.require("unet", "whisper", "vae")
+        else:  # a UNet of the user's own, beside the folder's Whisper and VAE
+            whisper_path, vae_path = layout.require("whisper", "vae")
+            unet_path = Path(unet)
+            if not unet_path.is_file():
+                raise CheckpointError(f"{unet_path}: UNet checkpoint not found")
         if unet_config is None:
             version = version or installed_version(root) or DEFAULT_VERSION
             if version not in UNET_CONFIG_FOR_VERSION:
@@ -287,15 +330,14 @@ class LipSync:
         options = options or InferenceOptions()
         video, audio, output = Path(video), Path(audio), Path(output)
         refuse_overwriting_inputs(output, [("video", video), ("audio", audio), ("mask", options.mask)])
-        _check_face_options(options)
+        options.check()
         info = probe_video(video)  # InputError: missing, unreadable, no video stream
         mouth_mask(self.resolution, options.mask)  # InputError: an unusable mask image, before any work
-        hidden, seconds = self._audio_features(audio, options, progress)
-        total = num_video_frames(hidden.shape[0], FPS)
+        hidden, total, seconds = self._audio_features(audio, video, options, progress)
         with self._memory_errors(options):  # outside the writer: it discards its file first
             with VideoWriter(output, info.width, info.height, fps=FPS, crf=options.crf, preset=options.preset,
                              audio=audio, audio_duration_s=total / FPS) as writer:
-                result = self._process(video, info.frames_at(FPS), hidden, writer.write, options, progress)
+                result = self._process(video, info.frames_at(FPS), hidden, total, writer.write, options, progress)
         result.output = output
         result.seconds = {"audio": seconds, **result.seconds}
         return result
@@ -311,12 +353,12 @@ class LipSync:
         """Like `run`, but hands each output frame (RGB uint8 (h, w, 3), in order, at 25 fps) to `sink` instead
         of encoding: for streaming to a player, a network, or tests. `sink` is called from a worker thread."""
         options = options or InferenceOptions()
-        _check_face_options(options)
+        options.check()
         info = probe_video(Path(video))
         mouth_mask(self.resolution, options.mask)
-        hidden, seconds = self._audio_features(Path(audio), options, progress)
+        hidden, total, seconds = self._audio_features(Path(audio), Path(video), options, progress)
         with self._memory_errors(options):
-            result = self._process(Path(video), info.frames_at(FPS), hidden, sink, options, progress)
+            result = self._process(Path(video), info.frames_at(FPS), hidden, total, sink, options, progress)
         result.seconds = {"audio": seconds, **result.seconds}
         return result
 
@@ -334,24 +376,35 @@ class LipSync:
                 torch.cuda.empty_cache()
             raise ResourceError(out_of_memory_message(self.device, self.resolution, options)) from None
 
-    def _audio_features(self, audio: Path, options: InferenceOptions, progress: Progress) -> tuple[torch.Tensor, float]:
+    def _audio_features(self, audio: Path, video: Path, options: InferenceOptions,
+                        progress: Progress) -> tuple[torch.Tensor, int, float]:
+        """The Whisper hidden states, the number of output frames and the seconds it took. The output has one
+        frame per audio frame (`num_video_frames`), or with `trim="video"` at least as many as the video, the
+        speech padded with silence (what the mouth then follows) to that length."""
         t0 = time.perf_counter()
         if callable(progress):
             progress("audio features", 0, 1)
         samples = decode_audio(audio, SAMPLE_RATE_HZ)  # InputError: missing, unreadable, no audio stream
         if samples.size and not np.any(samples):
             log.warning("%s: the speech track is silent (all samples are zero); the mouth follows silence", audio)
+        total = num_video_frames(samples.size // MEL_HOP_SAMPLES // MEL_FRAMES_PER_ROW, FPS)
+        if options.trim == "video":
+            video_frames = VideoReader(video, fps=FPS).count()  # exact: a decode without colour conversion
+            if video_frames > total:
+                padded = np.zeros(video_frames * SAMPLES_PER_FRAME_25, dtype=np.float32)
+                padded[: samples.size] = samples
+                samples, total = padded, video_frames
         # A bar over the 30 s windows of long audio: this job's setting, passed with the call. Too short a
         # track goes in by name, so that its error names the file.
         hidden = self.audio_encoder.hidden_states(samples if samples.size >= MIN_SAMPLES else audio,
                                                   window=options.audio_window, progress=progress is True)
         if callable(progress):
             progress("audio features", 1, 1)
-        return hidden, time.perf_counter() - t0
+        assert num_video_frames(hidden.shape[0], FPS) >= total, (hidden.shape, total)
+        return hidden, total, time.perf_counter() - t0
 
-    def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, sink, options: InferenceOptions,
-                 progress: Progress) -> InferenceResult:
-        total = num_video_frames(hidden.shape[0], FPS)
+    def _process(self, video: Path, expected_frames: int, hidden: torch.Tensor, total: int, sink,
+                 options: InferenceOptions, progress: Progress) -> InferenceResult:
         job = Job(self, video, expected_frames, hidden, total, options, progress)
         job.run(sink)
         if job.frames_with_face == 0:  # raised before the writer is closed: it discards its file

@@ -73,6 +73,14 @@ def pingpong_index(j: int, n: int) -> int:
     return pos if period % 2 == 0 else n - 1 - pos
 
 
+def loop_index(j: int, n: int, loop: str = "pingpong") -> int:
+    """Source frame shown at output position j of a video of n frames looped as `loop` says (`LOOP_MODES`):
+    pingpong, repeat (0, ..., n-1, 0, ...) or freeze (the last frame held)."""
+    if loop == "pingpong":
+        return pingpong_index(j, n)
+    return j % n if loop == "repeat" else min(j, n - 1)
+
+
 @dataclass
 class _Frame:
     index: int  # output position
@@ -137,11 +145,17 @@ class Job:
         if n_source < TRUNCATED_FRACTION * self.expected_frames - TRUNCATED_SLACK_FRAMES:
             raise InputError(f"{self.video}: the video stops after {n_source} of about {self.expected_frames} "
                              "frames (truncated or corrupt file)")
-        # The audio is longer: replay the video backwards, forwards, ... (ping-pong). Backward passes decode a
-        # segment at a time and reverse it, so memory holds one segment, not the video.
+        # The audio is longer: loop the video (`loop_index`). Freezing holds the last frame (decoded again: the
+        # first pass's copy has been handed on). Ping-pong's backward passes decode a segment at a time and
+        # reverse it, so memory holds one segment, not the video.
+        if self.options.loop == "freeze":
+            last = next(iter(reader.frames(n_source - 1, n_source)))
+            for j in range(j, self.total):
+                emit(_Frame(index=j, source=n_source - 1, image=last.copy()))
+            return
         segments = [(s, min(s + REVERSE_SEGMENT_FRAMES, n_source)) for s in range(0, n_source, REVERSE_SEGMENT_FRAMES)]
         while j < self.total:
-            backward = (j // n_source) % 2 == 1
+            backward = self.options.loop == "pingpong" and (j // n_source) % 2 == 1
             for start, stop in reversed(segments) if backward else segments:
                 t = time.perf_counter()
                 images = list(reader.frames(start, stop))

@@ -21,7 +21,7 @@ import threading
 from .. import __version__
 from ..errors import LatentSyncError
 from . import app, demo, download, evaluate, infer, preprocess, train
-from .options import check_device
+from .options import HelpFormatter, check_device
 
 COMMANDS = (infer, demo, evaluate, preprocess, train, app, download)  # in the order `--help` lists them
 
@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)
+    for command in sub.choices.values():
+        command.formatter_class = HelpFormatter  # the original's flag spellings stay out of every --help
     return parser
 
 

@@ -18,12 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--version", choices=["1.6", "1.5"], default="1.6",
-                   help="1.6: 512 px faces (sharper, needs ~18 GB VRAM); 1.5: 256 px (default: %(default)s)")
+                   help="1.6: 512 px faces, sharper (about 4.7 GB of GPU memory for its tensors, 3 GB with "
+                        "--low-memory; the original needs 18 GB); 1.5: 256 px (3.1 GB) (default: %(default)s)")
     p.add_argument("--dir", type=Path, default=None,
                    help="checkpoints folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
     p.add_argument("--with", dest="groups", action="append", default=[],
                    choices=["training", "eval", "insightface", "all"],
-                   help="also fetch the weights for training, evaluation, or the InsightFace aligner (repeatable)")
+                   help="also fetch the weights for training, evaluation, or the InsightFace aligner (repeatable; "
+                        "default: only what inference needs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_download)
 

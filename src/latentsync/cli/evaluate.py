@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import check_device, checkpoint_layout, positive_int, print_result
+from .options import (add_crop_option, add_device_option, add_face_backend_option, add_json_option, check_device,
+                      checkpoint_layout, positive_int, print_result)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,10 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--checkpoint", type=Path, default=None,
                    help="syncnet_v2.model (default: auxiliary/syncnet_v2.model in the checkpoints folder)")
     q.add_argument("--checkpoints", type=Path, default=None, help="weights folder (default: ./checkpoints)")
-    q.add_argument("--face-backend", choices=["auto", "insightface", "mediapipe"], default="auto")
+    add_face_backend_option(q)
     q.add_argument("--vshift", type=positive_int, default=15, help="offsets searched, in frames (default: 15)")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_device_option(q)
+    add_json_option(q)
     q.set_defaults(func=_run_eval_sync)
 
     q = ev.add_parser("fvd", help="Fréchet Video Distance between two sets of videos (Kinetics-400 I3D)",
@@ -36,35 +37,36 @@ def register(sub: argparse._SubParsersAction) -> None:
                                   "videos per side (hundreds) for a stable number.")
     q.add_argument("real", type=Path, help="folder (searched recursively) or video of real clips")
     q.add_argument("generated", type=Path, help="folder or video of generated clips")
-    q.add_argument("--crop", choices=["face", "center", "none"], default="face")
+    add_crop_option(q)
     q.add_argument("--value-range", choices=["latentsync", "standard"], default="latentsync",
                    help="latentsync: pixels in [0, 1] as LatentSync's eval feeds I3D (comparable with its "
                         "numbers); standard: [-1, 1] as I3D was trained (default: latentsync)")
-    q.add_argument("--batch-size", type=positive_int, default=8)
-    q.add_argument("--device", default="auto")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--batch-size", type=positive_int, default=8,
+                   help="videos per I3D call: more is faster and needs more memory (default: %(default)s)")
+    add_device_option(q)
+    add_json_option(q)
     q.set_defaults(func=_run_eval_fvd)
 
     q = ev.add_parser("fid", help="FID over video frames (Inception pool3 features)",
                       description="Fréchet Inception Distance over frames: 16 evenly spread frames of every video, "
                                   "face-cropped like FVD, resized to 299. Needs pytorch-fid's Inception weights "
                                   "(pt_inception-2015-12-05-6726825d.pth) in auxiliary/ of the checkpoints folder.")
-    q.add_argument("real", type=Path)
-    q.add_argument("generated", type=Path)
+    q.add_argument("real", type=Path, help="folder (searched recursively) or video of real clips")
+    q.add_argument("generated", type=Path, help="folder or video of generated clips")
     q.add_argument("--weights", type=Path, default=None, help="the Inception weight file (default: auxiliary/)")
     q.add_argument("--checkpoints", type=Path, default=None, help="weights folder (default: ./checkpoints)")
     q.add_argument("--frames", type=positive_int, default=16, help="frames per video (default: %(default)s)")
-    q.add_argument("--crop", choices=["face", "center", "none"], default="face")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--json", action="store_true")
+    add_crop_option(q)
+    add_device_option(q)
+    add_json_option(q)
     q.set_defaults(func=_run_eval_fid)
 
     q = ev.add_parser("frames", help="PSNR and SSIM of a generated video against its source",
                       description="Frame-by-frame PSNR and SSIM (self-reconstruction: the video lip-synced to "
                                   "its own audio against the original). Both videos must have the same length.")
-    q.add_argument("source", type=Path)
-    q.add_argument("generated", type=Path)
-    q.add_argument("--json", action="store_true")
+    q.add_argument("source", type=Path, help="the original video")
+    q.add_argument("generated", type=Path, help="the same video lip-synced to its own audio")
+    add_json_option(q)
     q.set_defaults(func=_run_eval_frames)
 
     q = ev.add_parser("syncnet-accuracy", help="accuracy of a StableSyncNet on processed clips",
@@ -76,10 +78,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--checkpoints", type=Path, default=None, help="weights folder (default: ./checkpoints)")
     q.add_argument("--data", type=Path, required=True, help="folder of processed clips, or a files list")
     q.add_argument("--samples", type=positive_int, default=2048, help="pairs to score (default: %(default)s)")
-    q.add_argument("--batch-size", type=positive_int, default=None)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--device", default="auto")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--batch-size", type=positive_int, default=None,
+                   help="pairs per SyncNet call (default: the config's data.batch_size)")
+    q.add_argument("--seed", type=int, default=0, help="which clips and shifts are drawn (default: %(default)s)")
+    add_device_option(q)
+    add_json_option(q)
     q.set_defaults(func=_run_eval_syncnet_accuracy)
 
 

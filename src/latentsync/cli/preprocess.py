@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f = sub.add_parser("fileslist", help="print the training clips a preprocess run kept, one per line",
                        description="Prints the paths of the clips that passed every step of `latentsync "
                                    "preprocess OUTPUT_DIR`, one per line (for data.train_fileslist).")
-    f.add_argument("output_dir", type=Path)
+    f.add_argument("output_dir", type=Path, help="the OUTPUT_DIR of a `latentsync preprocess` run")
     f.set_defaults(func=_run_fileslist)
 
 

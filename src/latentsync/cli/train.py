@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .options import positive_int
+from .options import add_device_option, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
             "torchrun --nproc_per_node N -m latentsync train ..."
         ),
     )
-    p.add_argument("model", choices=["unet", "syncnet"])
+    p.add_argument("model", choices=["unet", "syncnet"], help="unet: the lip-sync UNet; syncnet: StableSyncNet")
     p.add_argument("--config", required=True, help="a config YAML or packaged name (stage2, syncnet_16_pixel_attn)")
     # KEY=VALUE overrides may stand anywhere on the line; main() collects them (argparse cannot place a
     # variable-length positional between options).
@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-sd15", type=Path, default=None,
                    help="unet: start from a diffusers Stable Diffusion 1.5 UNet (stage 1)")
     p.add_argument("--checkpoints", type=Path, default=None, help="weights folder (default: ./checkpoints)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--quiet", action="store_true")
+    add_device_option(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no closing line; metrics.jsonl and "
+                                                        "the charts are written all the same")
     p.set_defaults(func=_run_train)
 
 
