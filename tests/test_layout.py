@@ -17,7 +17,7 @@ PACKAGE = "latentsync"
 FLOORS = [
     {"errors", "defaults", "devices", "fileio", "stderr_filter", "configs"},
     {"config", "media", "models"},
-    {"audio", "face", "sync_score", "weights", "pipeline", "streaming", "estimate"},
+    {"audio", "face", "sync_score", "weights", "hub", "pipeline", "streaming", "estimate"},
     {"job", "inference", "data"},
     {"preprocess", "training", "evaluation"},  # which also import none of one another
     {"app", "app_middleware", "cli", "demo", "__main__"},

@@ -127,6 +127,11 @@ def hub(tmp_path):
         yield hub
 
 
+def file_requests(hub) -> list[tuple[str, str, str]]:
+    """The requests for files, without snapshot_download's API calls (revision, tree)."""
+    return [r for r in hub.requests if not r[2].startswith("api:")]
+
+
 def _run(endpoint: str, root: Path, *args: str, timeout: float = 60, **env_vars: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "LATENTSYNC_"))}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(root.parent / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
@@ -148,8 +153,11 @@ def test_download_inference_then_nothing_more(hub, tmp_path):
         assert (root / "sd-vae-ft-mse" / filename).read_bytes() == _content(VAE_REPO, filename)
     assert not (root / "stable_syncnet.pt").exists()  # training group not requested
     assert installed_version(root) == "1.6"
-    assert not (root / ".download").exists()  # staging folder cleaned up
-    assert {(r, f) for m, r, f in hub.requests if m == "GET"} == {
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []  # no temporary left
+    cache = tmp_path / "hf_home" / "hub"
+    for dest in INFERENCE_FILES:  # the folder is a view of the Hub cache
+        assert (root / dest).is_symlink() and cache in Path(os.readlink(root / dest)).parents, dest
+    assert {(r, f) for m, r, f in file_requests(hub) if m == "GET"} == {
         (repo, "latentsync_unet.pt"), (repo, "whisper/tiny.pt"),
         (VAE_REPO, "config.json"), (VAE_REPO, "diffusion_pytorch_model.safetensors")}
     CheckpointLayout(root).require("unet", "whisper", "vae")
@@ -174,7 +182,7 @@ def test_download_version_15_and_switching(hub, tmp_path):
     repo15 = LATENTSYNC_REPOS["1.5"]
     assert (root / "latentsync_unet.pt").read_bytes() == _content(repo15, "latentsync_unet.pt")
     assert installed_version(root) == "1.5"
-    got = [(r, f) for m, r, f in hub.requests if m == "GET"][4:]
+    got = [(r, f) for m, r, f in file_requests(hub) if m == "GET"][4:]
     assert got == [(repo15, "latentsync_unet.pt")]  # whisper and the VAE are shared by both versions
 
     fresh = tmp_path / "fresh15"
@@ -189,6 +197,7 @@ def test_unfinished_switch_is_finished_by_the_next_run(hub, tmp_path):
     repo15 = LATENTSYNC_REPOS["1.5"]
     syncnet15 = hub.root / repo15 / "stable_syncnet.pt"
     syncnet15.rename(syncnet15.with_suffix(".away"))
+    hub.revisions["main"] = "e" * 40  # a new commit: a commit's files never change (the cache relies on it)
     # Not asking for training files still replaces the 1.6 SyncNet, which would not match a 1.5 UNet.
     result = _run(hub.url, root, "--version", "1.5")
     assert result.returncode == 2 and "stable_syncnet.pt" in result.stderr
@@ -196,6 +205,7 @@ def test_unfinished_switch_is_finished_by_the_next_run(hub, tmp_path):
     assert installed_version(root) is None  # half switched: neither version
 
     syncnet15.with_suffix(".away").rename(syncnet15)
+    hub.revisions["main"] = "d" * 40
     result = _run(hub.url, root, "--version", "1.5")
     assert result.returncode == 0, result.stderr
     assert (root / "stable_syncnet.pt").read_bytes() == _content(repo15, "stable_syncnet.pt")
@@ -220,12 +230,50 @@ def test_download_reports_a_file_missing_on_the_hub_and_fetches_the_rest(hub, tm
     result = _run(hub.url, root)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "whisper/tiny.pt" in lines[0] and "not found" in lines[0]
-    assert str((root / "whisper/tiny.pt").absolute()) in lines[0]
-    assert "latentsync_unet.pt" not in lines[0]
+    assert len(lines) == 2 and lines[0].startswith("latentsync download: error:"), result.stderr
+    assert "whisper/tiny.pt" in lines[1] and "not found" in lines[0]
+    assert str((root / "whisper/tiny.pt").absolute()) in lines[1]
+    assert "latentsync_unet.pt" not in result.stderr
     assert (root / "latentsync_unet.pt").is_file()
     assert installed_version(root) is None  # the inference set is incomplete
+
+
+def test_the_hub_cache_is_shared_and_a_cached_revision_asks_no_one(hub, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(hub.url, first).returncode == 0
+    before = len(hub.requests)
+    assert _run(hub.url, second).returncode == 0  # another folder, the same cache
+    assert len(hub.requests) == before
+    assert (second / "latentsync_unet.pt").resolve() == (first / "latentsync_unet.pt").resolve()
+    # Offline, the cache still serves what it holds; what it does not hold is named, one line per file.
+    offline = _run(f"http://127.0.0.1:{_closed_port()}", tmp_path / "third", HF_HUB_OFFLINE="1")
+    assert offline.returncode == 0, offline.stderr
+    assert CheckpointLayout(tmp_path / "third").require("unet", "whisper", "vae")
+    cold = _run(hub.url, tmp_path / "fourth", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "cold"))
+    lines = cold.stderr.strip().splitlines()
+    assert cold.returncode == 2 and "HF_HUB_OFFLINE" in lines[0]
+    assert [line for line in lines[1:] if "->" in line] and len([l for l in lines if "->" in l]) == len(INFERENCE_FILES)
+    assert "HF_ENDPOINT" in lines[-1]
+    assert not (tmp_path / "fourth").exists()  # no empty folder left behind
+
+
+def test_a_revision_pins_the_weights(hub, tmp_path):
+    tagged = "f" * 40
+    hub.revisions["v1.0"] = tagged
+    root = tmp_path / "ckpt"
+    result = _run(hub.url, root, "--revision", "v1.0")
+    assert result.returncode == 0, result.stderr
+    def commit_of(dest: str) -> str:
+        target = Path(os.readlink(root / dest))  # .../snapshots/<commit>/<path in the repository>
+        return target.parts[target.parts.index("snapshots") + 1]
+
+    assert commit_of("latentsync_unet.pt") == commit_of("whisper/tiny.pt") == tagged  # the tag's snapshot
+    assert commit_of("sd-vae-ft-mse/config.json") != tagged  # the VAE's repository: its own main branch
+    again = _run(hub.url, root, "--revision", "main")  # another revision: the LatentSync files are linked anew
+    assert again.returncode == 0, again.stderr
+    assert commit_of("latentsync_unet.pt") == hub.revisions["main"]
+    missing = _run(hub.url, tmp_path / "other", "--revision", "no-such-tag")
+    assert missing.returncode == 2 and "revision 'no-such-tag' not found" in missing.stderr
 
 
 def _closed_port() -> int:
@@ -234,7 +282,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_download_offline_fails_fast_in_one_line(tmp_path):
+def test_download_offline_fails_fast_naming_each_file(tmp_path):
     root = tmp_path / "ckpt"
     start = time.monotonic()
     result = _run(f"http://127.0.0.1:{_closed_port()}", root)
@@ -242,13 +290,13 @@ def test_download_offline_fails_fast_in_one_line(tmp_path):
     assert result.returncode == 2
     assert elapsed < 10
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    line = lines[0]
-    assert line.startswith("latentsync download: error:")
-    for dest in INFERENCE_FILES:
-        assert str((root / dest).absolute()) in line
-    assert "ByteDance/LatentSync-1.6" in line and "stabilityai/sd-vae-ft-mse" in line
-    assert not [p for p in root.rglob("*") if p.is_file()]  # nothing half-written anywhere
+    assert lines[0].startswith("latentsync download: error:") and "cannot reach" in lines[0]
+    for dest in INFERENCE_FILES:  # one line each, with where it comes from
+        (line,) = [line for line in lines[1:] if str((root / dest).absolute()) in line]
+    assert any("ByteDance/LatentSync-1.6" in line for line in lines)
+    assert any("stabilityai/sd-vae-ft-mse" in line for line in lines)
+    assert "HF_ENDPOINT" in lines[-1] and "HF_HUB_OFFLINE" in lines[-1]
+    assert not root.exists()  # nothing half-written anywhere, not even an empty folder
 
 
 def test_download_from_a_silent_server_times_out(tmp_path):
@@ -261,7 +309,7 @@ def test_download_from_a_silent_server_times_out(tmp_path):
         elapsed = time.monotonic() - start
     assert result.returncode == 2
     assert elapsed < 10  # one timed-out request, not one per file with retries
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 + len(INFERENCE_FILES) + 1, result.stderr
     assert str((root / "latentsync_unet.pt").absolute()) in result.stderr
 
 
@@ -279,7 +327,8 @@ def test_interrupted_download_leaves_no_file_and_resumes(hub, tmp_path):
         proc.kill()
         proc.wait()
     assert not (root / "latentsync_unet.pt").exists()
-    assert any(p.name.endswith(".incomplete") for p in root.rglob("*"))  # the half that was received
+    # The half that was received waits in the Hub cache, where the next run resumes it.
+    assert any(p.name.endswith(".incomplete") for p in (tmp_path / "hf_home").rglob("*"))
 
     hub.stall.clear()
     hub.release.set()
@@ -294,3 +343,35 @@ def test_require_names_the_source_of_files_not_on_the_hub(tmp_path):
     message = str(err.value)
     assert "pt_inception-2015-12-05-6726825d.pth" in message and "github.com/mseitzer/pytorch-fid" in message
     assert "latentsync download" in message and "--with eval" in message and "\n" not in message
+
+
+def test_from_pretrained_fetches_through_the_cache_then_loads(checkpoints, tmp_path):
+    """`LipSync.from_pretrained`: the files of the repository (here the tiny models, served as 1.6) through the
+    Hub cache into a checkpoints folder, then loaded; a second call asks the Hub nothing."""
+    with FakeHub(tmp_path / "hub") as hub:
+        for name in ("latentsync_unet.pt", "whisper/tiny.pt"):
+            hub.add(LATENTSYNC_REPOS["1.6"], name, (checkpoints / name).read_bytes())
+        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+            hub.add(VAE_REPO, name, (checkpoints / "sd-vae-ft-mse" / name).read_bytes())
+        code = (
+            "import sys\n"
+            "from latentsync.inference import LipSync\n"
+            f"ls = LipSync.from_pretrained('ByteDance/LatentSync-1.6', checkpoints={str(tmp_path / 'ck')!r},\n"
+            f"    unet_config={str(checkpoints / 'unet.yaml')!r}, device='cpu', audio_cache=False, progress=False)\n"
+            "print(ls.resolution)\n"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "LATENTSYNC_"))}
+        env.update(HF_ENDPOINT=hub.url, HF_HOME=str(tmp_path / "hf_home"))
+        first = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert first.returncode == 0, first.stderr
+        assert first.stdout.split()[-1] == "128" and installed_version(tmp_path / "ck") == "1.6"
+        before = len(hub.requests)
+        again = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert len(hub.requests) == before
+    from latentsync.errors import ConfigError
+    from latentsync.inference import LipSync
+
+    with pytest.raises(ConfigError, match="not a LatentSync repository"):
+        LipSync.from_pretrained("someone/else", checkpoints=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -36,6 +36,7 @@ from .defaults import (DEFAULT_CRF, DEFAULT_DETECT_EVERY, FPS, LOOP_MODES, MAX_C
 from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, OptionError, ResourceError
 from .fileio import refuse_overwriting_inputs
+from .hub import download
 from .face.detect import load_face_backend
 from .face.mask import mouth_mask
 from .face.tracking import check_rule, check_threshold
@@ -47,7 +48,8 @@ from .models.vae import load_vae
 from .models.whisper import WINDOW_MODES
 from .pipeline import (DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, SCHEDULERS, LipSyncPipeline,
                        SamplingOptions)
-from .weights import UNET_CONFIG_FOR_VERSION, CheckpointLayout, default_checkpoints_dir, installed_version
+from .weights import (LATENTSYNC_REPOS, UNET_CONFIG_FOR_VERSION, CheckpointLayout, default_checkpoints_dir,
+                      installed_version)
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +218,22 @@ class LipSync:
             nearly all of a job); they visit the device to encode and decode. Part of the low-memory mode, with
             `InferenceOptions(low_memory=True)`; the same results.
     """
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str = LATENTSYNC_REPOS[DEFAULT_VERSION], *, revision: str | None = None,
+                        checkpoints: str | Path | None = None, cache_dir: str | Path | None = None,
+                        progress: bool = True, **kwargs) -> LipSync:
+        """The published models of `repo_id` ("ByteDance/LatentSync-1.6" or "ByteDance/LatentSync-1.5") at
+        `revision`, loaded. Missing files are fetched through the Hugging Face cache (`cache_dir`, default
+        huggingface_hub's) and linked into `checkpoints` (default `$LATENTSYNC_CHECKPOINTS` or ./checkpoints),
+        as `latentsync download --version V --revision R` does; nothing is fetched when they are there.
+        `kwargs` are `LipSync`'s (device, dtype, face_backend, ...)."""
+        versions = {repo: version for version, repo in LATENTSYNC_REPOS.items()}
+        if repo_id not in versions:
+            raise ConfigError(f"{repo_id}: not a LatentSync repository; expected one of {', '.join(versions)}")
+        root = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
+        download(versions[repo_id], root, revision=revision, cache_dir=cache_dir, progress=progress)
+        return cls(root, version=versions[repo_id], **kwargs)
 
     def __init__(
         self,

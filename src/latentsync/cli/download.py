@@ -11,15 +11,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         "download",
         help="fetch the published weights into the checkpoints folder",
         description=(
-            "Download the published LatentSync weights from the Hugging Face Hub into one layout that every "
-            "other command reads by default: latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt, "
-            "sd-vae-ft-mse/ and auxiliary/. Files already present are kept. Without network access it names "
-            "each missing file and where to put it."
+            "Download the published LatentSync weights from the Hugging Face Hub into its cache (shared with "
+            "every Hugging Face tool: files already there are not fetched again, an interrupted download "
+            "resumes) and link them into one layout that every other command reads by default: "
+            "latentsync_unet.pt, whisper/tiny.pt, stable_syncnet.pt, sd-vae-ft-mse/ and auxiliary/. Files "
+            "already in the folder are kept. Without network access it names each missing file and where to "
+            "put it. HF_ENDPOINT, HF_TOKEN, HF_HOME and HF_HUB_OFFLINE work as in every Hugging Face tool."
         ),
     )
     p.add_argument("--version", choices=["1.6", "1.5"], default="1.6",
                    help="1.6: 512 px faces, sharper (about 4.7 GB of GPU memory for its tensors, 3 GB with "
                         "--low-memory; the original needs 18 GB); 1.5: 256 px (3.1 GB) (default: %(default)s)")
+    p.add_argument("--revision", default=None,
+                   help="a branch, tag or commit of the version's LatentSync repository, to pin the weights "
+                        "(default: its main branch)")
     p.add_argument("--dir", type=Path, default=None,
                    help="checkpoints folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
     p.add_argument("--with", dest="groups", action="append", default=[],
@@ -31,11 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_download(args: argparse.Namespace) -> int:
-    from ..weights import default_checkpoints_dir, download
+    from ..hub import download
+    from ..weights import default_checkpoints_dir
 
     root = args.dir if args.dir is not None else default_checkpoints_dir()
     groups = ["inference", *args.groups]
-    paths = download(version=args.version, root=root, groups=groups, progress=not args.quiet)
+    paths = download(version=args.version, root=root, groups=groups, progress=not args.quiet,
+                     revision=args.revision)
     if not args.quiet:
         print(f"{len(paths)} file(s) ready under {root}")
     return 0
