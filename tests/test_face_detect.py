@@ -24,7 +24,7 @@ from face_util import (
 from latentsync import cli
 from latentsync.errors import CheckpointError, ConfigError, InputError
 from latentsync.face import Face
-from latentsync.cli.infer import run_job
+from latentsync.cli.infer import job_options
 from latentsync.face import detect
 from latentsync.face.boxes import iou
 from latentsync.face.detect import load_face_backend
@@ -668,12 +668,4 @@ def test_cli_detect_every_reaches_inference_options():
     with pytest.raises(SystemExit):
         parser.parse_args(base + ["--detect-every", "0"])
 
-    class FakeLipSync:
-        device = type("Device", (), {"type": "cpu"})()
-
-        def run(self, video, audio, out, options, progress):
-            self.options = options
-
-    lipsync = FakeLipSync()
-    assert run_job(lipsync, Path("a"), Path("b"), Path("c"), args) == 0
-    assert lipsync.options.detect_every == 4
+    assert job_options(args).detect_every == 4  # the options the job then runs with

@@ -14,6 +14,7 @@ from fake_hub import FakeHub
 
 from latentsync.errors import CheckpointError
 from latentsync.weights import (
+    AUXILIARY_REPO,
     GROUPS,
     LATENTSYNC_REPOS,
     MANIFEST,
@@ -26,7 +27,8 @@ from latentsync.weights import (
 )
 
 INFERENCE_FILES = ["latentsync_unet.pt", "whisper/tiny.pt", "sd-vae-ft-mse/config.json",
-                   "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"]
+                   "sd-vae-ft-mse/diffusion_pytorch_model.safetensors", "auxiliary/models/buffalo_l/det_10g.onnx",
+                   "auxiliary/models/buffalo_l/2d106det.onnx"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -159,7 +161,9 @@ def test_download_inference_then_nothing_more(hub, tmp_path):
         assert (root / dest).is_symlink() and cache in Path(os.readlink(root / dest)).parents, dest
     assert {(r, f) for m, r, f in file_requests(hub) if m == "GET"} == {
         (repo, "latentsync_unet.pt"), (repo, "whisper/tiny.pt"),
-        (VAE_REPO, "config.json"), (VAE_REPO, "diffusion_pytorch_model.safetensors")}
+        (VAE_REPO, "config.json"), (VAE_REPO, "diffusion_pytorch_model.safetensors"),
+        (AUXILIARY_REPO, "auxiliary/models/buffalo_l/det_10g.onnx"),
+        (AUXILIARY_REPO, "auxiliary/models/buffalo_l/2d106det.onnx")}
     CheckpointLayout(root).require("unet", "whisper", "vae")
 
     before = len(hub.requests)
@@ -182,7 +186,7 @@ def test_download_version_15_and_switching(hub, tmp_path):
     repo15 = LATENTSYNC_REPOS["1.5"]
     assert (root / "latentsync_unet.pt").read_bytes() == _content(repo15, "latentsync_unet.pt")
     assert installed_version(root) == "1.5"
-    got = [(r, f) for m, r, f in file_requests(hub) if m == "GET"][4:]
+    got = [(r, f) for m, r, f in file_requests(hub) if m == "GET"][len(INFERENCE_FILES):]
     assert got == [(repo15, "latentsync_unet.pt")]  # whisper and the VAE are shared by both versions
 
     fresh = tmp_path / "fresh15"
@@ -353,11 +357,15 @@ def test_from_pretrained_fetches_through_the_cache_then_loads(checkpoints, tmp_p
             hub.add(LATENTSYNC_REPOS["1.6"], name, (checkpoints / name).read_bytes())
         for name in ("config.json", "diffusion_pytorch_model.safetensors"):
             hub.add(VAE_REPO, name, (checkpoints / "sd-vae-ft-mse" / name).read_bytes())
+        for r in MANIFEST:  # the InsightFace files come along (stand-ins: this test's faces are mediapipe's)
+            if r.group == "inference" and r.repo == AUXILIARY_REPO:
+                hub.add(r.repo, r.filename, b"not read here")
         code = (
             "import sys\n"
             "from latentsync.inference import LipSync\n"
             f"ls = LipSync.from_pretrained('ByteDance/LatentSync-1.6', checkpoints={str(tmp_path / 'ck')!r},\n"
-            f"    unet_config={str(checkpoints / 'unet.yaml')!r}, device='cpu', audio_cache=False, progress=False)\n"
+            f"    unet_config={str(checkpoints / 'unet.yaml')!r}, device='cpu', audio_cache=False, progress=False,\n"
+            "    face_backend='mediapipe')\n"
             "print(ls.resolution)\n"
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "LATENTSYNC_"))}

@@ -29,6 +29,7 @@ from .errors import DownloadError
 from .fileio import atomic_write, remove_stale_temporaries, temporary_name
 from .weights import (
     DEFAULT_CHECKPOINTS_DIR,
+    FORMER_GROUPS,
     GROUPS,
     LATENTSYNC_REPOS,
     MANIFEST,
@@ -67,7 +68,7 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 
 def expand_groups(groups: Iterable[str]) -> list[str]:
-    groups = list(groups)
+    groups = [FORMER_GROUPS.get(g, g) for g in groups]
     unknown = [g for g in groups if g not in GROUPS and g != "all"]
     if unknown:
         raise ValueError(f"unknown download group(s) {unknown}; expected {', '.join(GROUPS)} or all")
@@ -174,7 +175,7 @@ def _write_version(root: Path, text: str) -> None:
 
 def download(version: str = "1.6", root: str | Path = DEFAULT_CHECKPOINTS_DIR, groups: Iterable[str] = ("inference",),
              progress: bool = True, revision: str | None = None, cache_dir: str | Path | None = None) -> list[Path]:
-    """Fetch the weights of `groups` ("inference", "training", "eval", "insightface", or "all") for LatentSync
+    """Fetch the weights of `groups` ("inference", "training", "eval", or "all") for LatentSync
     `version` through the Hub cache (`cache_dir`, default huggingface_hub's) and link them into `root`.
 
     `revision`: a branch, tag or commit of the version's LatentSync repository (default: its main branch).

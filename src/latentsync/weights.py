@@ -44,7 +44,9 @@ UNET_CONFIG_FOR_VERSION = {"1.6": "stage2_512", "1.5": "stage2"}
 
 VERSION_FILE = "latentsync_version.txt"
 
-GROUPS = ("inference", "training", "eval", "insightface")
+GROUPS = ("inference", "training", "eval")
+# Groups of earlier releases, and the group that now holds their files.
+FORMER_GROUPS = {"insightface": "inference"}
 
 # Every weight by name (`CheckpointLayout.<name>`, `CheckpointLayout.require(name)`, in the order `require`
 # reports them): its path under the checkpoints folder.
@@ -112,8 +114,10 @@ MANIFEST: tuple[Remote, ...] = (
     _published("eval", "sfd_face"),
     _published("eval", "i3d"),
     _published("eval", "koniq"),
-    _published("insightface", "insightface_det"),
-    _published("insightface", "insightface_landmarks"),
+    # InsightFace buffalo_l, the published face stack: with inference, so that `auto` finds faces as the
+    # reference does (and a plain pip install needs no mediapipe). `--with insightface` (`FORMER_GROUPS`) still works.
+    _published("inference", "insightface_det"),
+    _published("inference", "insightface_landmarks"),
 )
 
 

@@ -29,8 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoints folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
     p.add_argument("--with", dest="groups", action="append", default=[],
                    choices=["training", "eval", "insightface", "all"],
-                   help="also fetch the weights for training, evaluation, or the InsightFace aligner (repeatable; "
-                        "default: only what inference needs)")
+                   help="also fetch the weights for training or evaluation (repeatable; default: only what "
+                        "inference needs, which includes the published InsightFace face models; insightface is "
+                        "accepted as before)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run_download)
 

@@ -40,6 +40,7 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from ..errors import InputError, LatentSyncError
+from ..face.mediapipe import MEDIAPIPE_INSTALL
 from ..media import VideoReader, probe_video
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,8 @@ class FaceCropper:
         try:
             from mediapipe.python.solutions import face_detection
         except ImportError as e:
-            raise LatentSyncError(f"the FVD face crop needs mediapipe 0.10.21 ({e}); or use crop='center'") from e
+            raise LatentSyncError(f"the FVD face crop needs mediapipe 0.10.21 ({e}): run `{MEDIAPIPE_INSTALL}`, "
+                                  "or use crop='center'") from e
         self._detector = face_detection.FaceDetection(model_selection=FACE_MODEL_SELECTION,
                                                       min_detection_confidence=min_confidence)
 

@@ -32,6 +32,12 @@ MESH_NUM_LANDMARKS = 468  # without the iris points (refine_landmarks=False)
 MESH_BOX_MARGIN = 0.05
 MESH_MIN_DETECTION_CONFIDENCE = MIN_FACE_SCORE  # as the reference's filter
 MESH_MIN_TRACKING_CONFIDENCE = 0.5  # mediapipe's default
+# mediapipe 0.10.21 (the last release whose wheel ships the face models) declares numpy<2, jax and the GUI build of
+# OpenCV, none of which its face solutions use, so it is not among latentsync's declared dependencies (pip would
+# downgrade numpy and overwrite the headless OpenCV); its real ones are. What a user runs instead:
+MEDIAPIPE_INSTALL = "pip install --no-deps mediapipe==0.10.21"
+INSTALL_HINT = (f"run `{MEDIAPIPE_INSTALL}` (its declared dependencies would downgrade numpy; the ones it uses "
+                "come with latentsync), or `latentsync download` for the published InsightFace face models")
 # Small faces. The face mesh's own detector is mediapipe's short-range model (a 128 px input, for faces that
 # fill much of a selfie): on a whole 720p frame it misses faces under about 150 px. The full-range detector
 # (`FaceDetection(model_selection=1)`, a 192 px input) finds a face reliably from about 16 px of its input, so
@@ -133,7 +139,7 @@ class MediapipeBackend:
         try:
             from mediapipe.python.solutions import face_detection, face_mesh
         except ImportError as e:
-            raise LatentSyncError(f"the mediapipe face backend needs mediapipe 0.10.21 ({e})") from e
+            raise LatentSyncError(f"the mediapipe face backend needs mediapipe 0.10.21 ({e}): {INSTALL_HINT}") from e
         self.max_faces = max_faces
         self.video = video
         self.full_range = full_range
