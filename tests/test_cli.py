@@ -9,7 +9,7 @@ import sys
 import pytest
 
 HEAVY = ("torch", "cv2", "av", "numpy", "gradio", "diffusers", "whisper", "mediapipe", "onnxruntime")
-COMMANDS = ["", "infer", "demo", "app", "download", "preprocess", "train", "eval"]
+COMMANDS = ["", "infer", "batch", "demo", "app", "download", "preprocess", "train", "eval"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)

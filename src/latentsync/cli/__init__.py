@@ -1,6 +1,6 @@
 """The `latentsync` command: one entry with subcommands, each a thin adapter over a library call.
 
-Each subcommand lives in a module of its own (`infer.py`, `demo.py`, `evaluate.py`, `preprocess.py`, `train.py`,
+Each subcommand lives in a module of its own (`infer.py`, `batch.py`, `demo.py`, `evaluate.py`, `preprocess.py`, `train.py`,
 `app.py`, `download.py`) whose `register(sub)` adds its parser; shared options are in `options.py`. Building the
 parser imports no heavy library, so `--help` answers at once; each command imports what it needs when it runs.
 
@@ -20,10 +20,10 @@ import threading
 
 from .. import __version__
 from ..errors import LatentSyncError
-from . import app, demo, download, evaluate, infer, preprocess, train
+from . import app, batch, demo, download, evaluate, infer, preprocess, train
 from .options import HelpFormatter, check_device
 
-COMMANDS = (infer, demo, evaluate, preprocess, train, app, download)  # in the order `--help` lists them
+COMMANDS = (infer, batch, demo, evaluate, preprocess, train, app, download)  # in the order `--help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.command in ("infer", "demo", "eval", "preprocess", "app"):
+    if args.command in ("infer", "batch", "demo", "eval", "preprocess", "app"):
         from .. import stderr_filter
 
         stderr_filter.install()  # mediapipe prints C++ notices whenever its graph starts
