@@ -105,15 +105,21 @@ def run_batch(jobs: list[Job], out_dir: str | Path, *, model: dict[str, Any] | N
     for task in todo:
         task.job.output.parent.mkdir(parents=True, exist_ok=True)
     bar = _progress(len(jobs), len(jobs) - len(todo), progress)
-    current: dict[str, str] = {}
+    current: dict[str, str] = {}  # worker -> the output it is making
+    made = [sum(r.video_seconds for k in keys if (r := manifest.records.get(k)) and manifest.done(k))]
+
+    def show(refresh: bool = True) -> None:
+        workers = ", ".join(f"{w}: {n}" for w, n in sorted(current.items()))
+        bar.set_postfix_str(f"{made[0]:.1f} s of video" + (f"; {workers}" if workers else ""), refresh=refresh)
 
     def on_start(worker: str, task: Task) -> None:
         current[worker] = task.job.name
-        bar.set_postfix_str(", ".join(f"{w}: {n}" for w, n in sorted(current.items())))
+        show()
 
     def on_outcome(task: Task, outcome: Outcome) -> None:
         current.pop(outcome.worker, None)
-        bar.set_postfix_str(", ".join(f"{w}: {n}" for w, n in sorted(current.items())), refresh=False)
+        made[0] += outcome.frames / FPS if outcome.ok else 0.0
+        show(refresh=False)
         job = task.job
         manifest.add(JobRecord(key=keys[task.index], status=DONE if outcome.ok else FAILED, video=str(job.video),
                                audio=str(job.audio), output=str(job.output), reason=outcome.reason,

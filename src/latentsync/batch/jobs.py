@@ -15,7 +15,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import ConfigError, OptionError
 from ..fileio import same_file
@@ -185,7 +185,3 @@ def job_key(job: Job, model: dict[str, Any], digests: dict[Path, str] | None = N
     payload = {"version": KEY_VERSION, "video": digests[job.video], "audio": digests[job.audio],
                "options": options, "model": model, "output": str(job.output.absolute())}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def jobs_summary(jobs: Iterable[Job]) -> str:
-    return ", ".join(j.name for j in jobs)
