@@ -68,7 +68,10 @@ LOW_MEMORY_FEED_FORWARD_ROWS = 16_384
 
 # `progress` of `LipSync.run` / `process`: True for tqdm bars on stderr, False for none, or a callable
 # `(stage, done, total)` called as each stage advances ("audio features", then "lip sync" in frames), from the
-# job's threads (a web page's progress bar, a job queue's status).
+# job's threads (a web page's progress bar, a job queue's status). A `job.StepProgress(callback)` also hears
+# ("denoise", done, total) after every UNet step of every chunk, in frame-steps (total = frames x steps), so a
+# bar moves each step rather than each 16-frame chunk. An exception the callable raises ends the job (a Stop
+# button): it comes out of `run` / `process`, and nothing is left at the output.
 Progress = Union[bool, Callable[[str, int, int], None]]
 
 

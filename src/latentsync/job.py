@@ -5,6 +5,9 @@
 
 `LipSync` (`inference.py`) loads the models and starts a `Job` per call; the job owns the per-video state (the
 face tracker, the aligner, the alignment of each source frame) and the threads, joined by `streaming.Stage`s.
+
+Progress (`inference.Progress`): a callable hears ("lip sync", frames written, frames) as chunks leave the writer;
+a `StepProgress` also hears ("denoise", frame-steps done, frames x steps) after every UNet step of every chunk.
 """
 
 from __future__ import annotations
@@ -125,6 +128,9 @@ class Job:
                              else int(np.floor((1 - options.min_face_fraction) * total + 1e-9)))
         self.frames_with_face = 0
         self.timings = {"decode": 0.0, "align": 0.0, "denoise": 0.0, "restore+encode": 0.0}
+        # Denoising progress in frame-steps (`StepProgress`): every output frame needs `steps` of them.
+        self.step_progress = progress if isinstance(progress, StepProgress) else None
+        self.denoised, self.denoise_total = 0, total * self.sampling.num_steps
         self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="latentsync-warp")
 
     # ---- stage 1: source frames in output order ------------------------------------------------------
@@ -254,6 +260,7 @@ class Job:
         consumer = threading.Thread(target=finish, name="latentsync-write", daemon=True)
         consumer.start()
         batch: list[_Chunk] = []  # full-length chunks waiting to share one UNet call
+        self._denoised(0)
 
         def denoise(group: list[_Chunk]) -> None:
             if not group:
@@ -262,7 +269,8 @@ class Job:
             faces = torch.from_numpy(np.stack([np.stack([f.face for f in c.with_face]) for c in group]))
             tokens = torch.stack([self._tokens([f.index for f in c.with_face]) for c in group])
             synced = self.ls.pipeline(faces, tokens, self.sampling, generator=generator, latents=noise, mask=self.mask,
-                                      output_type="float")  # n f R R 3, float in ~[0, 255], unclamped
+                                      output_type="float",  # n f R R 3, float in ~[0, 255], unclamped
+                                      on_step=self._step_reporter(faces.shape[0] * faces.shape[1]))
             self.timings["denoise"] += time.perf_counter() - t
             for c, out in zip(group, synced):
                 c.synced = out
@@ -275,6 +283,8 @@ class Job:
                     break
                 n_faces = len(chunk.with_face)
                 self.frames_with_face += n_faces
+                if n_faces < len(chunk.frames):  # frames without a face need no denoising: all their steps are done
+                    self._denoised((len(chunk.frames) - n_faces) * self.sampling.num_steps)
                 if n_faces == CHUNK_FRAMES:
                     batch.append(chunk)
                     if len(batch) == self.options.batch_chunks:
@@ -298,11 +308,54 @@ class Job:
         if errors:
             raise errors[0]
 
+    def _denoised(self, frame_steps: int) -> None:
+        """Count `frame_steps` more done and tell a `StepProgress`."""
+        if self.step_progress is not None:
+            self.denoised += frame_steps
+            self.step_progress("denoise", self.denoised, self.denoise_total)
+
+    def _step_reporter(self, faces: int) -> Callable[[int, int], None] | None:
+        """The pipeline's `on_step` for one UNet call over `faces` frames: each step ends with `faces` more
+        frame-steps done, and its wall time (from the previous step, or the loop's start) goes to the timing."""
+        if self.step_progress is None:
+            return None
+        last = [0.0]
+
+        def on_step(i: int, n: int) -> None:
+            now = time.perf_counter()
+            if i:
+                if self.step_progress.timing is not None:
+                    self.step_progress.timing(faces, now - last[0])
+                self._denoised(faces)
+            last[0] = now
+
+        return on_step
+
     def _tokens(self, indices: list[int]) -> torch.Tensor:
         """Audio tokens of the given output frames, (n, t, d), sliced from the 50 Hz hidden states."""
         if indices == list(range(indices[0], indices[0] + len(indices))):
             return frame_window(self.hidden, indices[0], len(indices), fps=FPS)
         return torch.cat([frame_window(self.hidden, i, 1, fps=FPS) for i in indices])
+
+
+class StepProgress:
+    """A `progress` for `LipSync.run` / `process` that also reports every denoising step as it ends.
+
+    `callback(stage, done, total)` hears what any callable `progress` hears ("audio features", then "lip sync"
+    in frames written) and, in between, ("denoise", done, total) after each UNet step of each chunk, counted in
+    frame-steps: a step over k faces adds k, a frame without a face adds all its steps as it passes, so `done`
+    reaches `total` = frames x steps exactly, moving once per step instead of once per 16-frame chunk.
+    `timing(faces, seconds)`, if given, hears each step's faces and wall time (the UNet's step alone: not the
+    VAE, not the wait for frames; on a GPU, launch-bound, so its sum can trail the device by a step).
+    Both are called from the job's threads; an exception either raises ends the job, as any `progress`
+    callable's does (`LipSync.run` then leaves nothing at its output)."""
+
+    def __init__(self, callback: Callable[[str, int, int], None],
+                 timing: Callable[[int, float], None] | None = None):
+        self.callback, self.timing = callback, timing
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        self.callback(stage, done, total)
 
 
 class _CallbackBar:

@@ -13,7 +13,8 @@ reading, face alignment, pasting back and writing. For one chunk of f aligned fa
 
 `LipSyncPipeline.__call__` follows diffusers' conventions: `generator=`, `latents=` (the initial noise),
 `output_type=` ("uint8", "float" faces or the final "latent"s) and `return_dict=`, so the loop can be driven
-and tested from given noise. The stages around it are public, each in its module:
+and tested from given noise; `on_step=` is told each denoising step as it ends (progress bars, a Stop
+button). The stages around it are public, each in its module:
 
 - alignment points: `face.insightface.alignment_points` (106 landmarks), `face.mediapipe.mesh_alignment_points`;
 - the warp to the aligned face and back: `face.align.align_face`, `face.align.restore_face` / `restore_frames`;
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 from einops import rearrange, repeat
@@ -156,6 +157,7 @@ class LipSyncPipeline:
         mask: torch.Tensor | MaskSource = None,
         output_type: Literal["uint8", "float", "latent"] = "uint8",
         return_dict: bool = False,
+        on_step: Callable[[int, int], None] | None = None,
     ):
         """One chunk: faces (f, R, R, 3) uint8 and audio tokens (f, t, d); or n chunks of equal length in one
         batch: (n, f, R, R, 3) and (n, f, t, d).
@@ -165,6 +167,9 @@ class LipSyncPipeline:
         None draws one frame as `initial_noise` does, from `generator` when it is a CPU generator (before the
         VAE's draws), else from the default seed. `generator` also drives the VAE's posterior
         samples and a stochastic sampler. `mask`: see `masks`; it applies to this call only.
+
+        `on_step(i, n)`: called with (0, n) when the denoising loop starts (the VAE encoding done), then after
+        each step i = 1 ... n, from the calling thread; an exception it raises ends the call (a Stop button).
 
         `output_type`: "uint8" the synced faces (f, R, R, 3) (rounded and clamped); "float" the same faces as
         float32 in [0, 255] *unclamped*, as the reference hands them to the paste-back (which clamps after its
@@ -219,9 +224,12 @@ class LipSyncPipeline:
         # timesteps means a device-to-host sync every step.
         scheduler.set_timesteps(options.num_steps)
         x = latents.to(self.device, self.dtype).expand(n, -1, f, -1, -1) * scheduler.init_noise_sigma  # n 4 f r r
+        steps = len(scheduler.timesteps)
+        if on_step is not None:
+            on_step(0, steps)
         # The feed-forward slice is this call's setting (thread-local), never written onto the shared UNet.
         with feed_forward_rows(options.feed_forward_rows):
-            for t in scheduler.timesteps:
+            for i, t in enumerate(scheduler.timesteps, start=1):
                 x_t = scheduler.scale_model_input(x, t)
                 eps = torch.cat([
                     self.unet(torch.cat([x_t.repeat(a.shape[0] // (n * f), 1, 1, 1, 1),
@@ -233,6 +241,8 @@ class LipSyncPipeline:
                     eps_uncond, eps_cond = eps.chunk(2)
                     eps = eps_uncond + options.guidance_scale * (eps_cond - eps_uncond)
                 x = scheduler.step(eps, t, x, **self._step_kwargs(scheduler, options, generator)).prev_sample
+                if on_step is not None:
+                    on_step(i, steps)
 
         out = None
         if output_type != "latent":

@@ -9,24 +9,28 @@ from .options import add_hardware_options, add_model_choice, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..app import DEFAULT_HOST, DEFAULT_PORT, AppSettings
+    from ..app import CALIBRATION_SECONDS, DEFAULT_HOST, DEFAULT_PORT, DEMO_STEPS, AppSettings
 
     d = AppSettings()
     p = sub.add_parser(
         "app",
         help="serve the lip-sync web page (Gradio) over models loaded once",
         description=(
-            "Serve a web page where you upload a video and a speech track (or record one) and get the lip-synced "
-            "video back. The models load once, when the server starts; requests wait in a queue and at most "
-            "--concurrency run at once, each in a private folder removed when it ends. It listens on 127.0.0.1 "
-            "(this machine only) unless --host says otherwise, and never opens a public share link. Needs "
-            "Gradio: pip install 'latentsync[app]'."
+            "Serve a web page where you upload a video or a still image and a speech track (or record one, or "
+            "take the sound of a video) and get the lip-synced video back: the page shows the faces on the first "
+            "frame to pick one, a progress bar that moves every denoising step, an estimate of the time, a Stop "
+            "button and the session's results. The models load once, when the server starts; requests wait in a "
+            "queue and at most --concurrency run at once, each in a private folder removed when it ends (or "
+            "when it is stopped). It listens on 127.0.0.1 (this machine only) unless --host says otherwise, and "
+            "never opens a public share link. Needs Gradio: pip install 'latentsync[app]'."
         ),
     )
     which = add_model_choice(p)
     which.add_argument("--demo", action="store_true",
                        help="tiny random-weight models written into a temporary folder: try the page with no "
-                            "download (no real lip sync)")
+                            f"download (no real lip sync); the page defaults to {DEMO_STEPS} steps without "
+                            f"guidance, and the server times a {CALIBRATION_SECONDS:g} s job at start for the "
+                            "page's estimate of the time")
     g = p.add_argument_group("server")
     g.add_argument("--host", default=DEFAULT_HOST,
                    help="address to listen on; 0.0.0.0 serves the whole network (default: %(default)s)")
