@@ -62,6 +62,17 @@ def run_one(lipsync, job: Job) -> tuple[bool, str, int, dict[str, float]]:
     return True, "", result.frames, {**result.seconds, "total": time.perf_counter() - t0}
 
 
+def _worker_died(task: Task, worker: str, how: str, queue: deque, on_outcome: Callable) -> None:
+    """The job of a worker that died under it goes back to the front of the queue, or after `MAX_ATTEMPTS` runs
+    is reported failed."""
+    died = f"{worker} died during the job ({how})"
+    log.warning("%s: %s", task.job.video, died)
+    if task.attempts < MAX_ATTEMPTS:
+        queue.appendleft(task)
+    else:
+        on_outcome(task, Outcome(False, f"{died}, {task.attempts} times", worker=worker, attempts=task.attempts))
+
+
 # ---- local processes ---------------------------------------------------------------------------------------
 
 
@@ -164,13 +175,7 @@ class LocalWorkers:
                     continue
                 process.join()
                 self.workers.remove(worker)
-                died = f"{name} died during the job (exit status {process.exitcode})"
-                log.warning("%s: %s", task.job.video, died)
-                if task.attempts < MAX_ATTEMPTS:
-                    queue.appendleft(task)
-                else:
-                    on_outcome(task, Outcome(False, f"{died}, {task.attempts} times", worker=name,
-                                             attempts=task.attempts))
+                _worker_died(task, name, f"exit status {process.exitcode}", queue, on_outcome)
                 if queue:  # a fresh worker takes its place
                     fresh = self._start()
                     self._wait_ready(fresh)
@@ -269,13 +274,7 @@ class RayWorkers:
                 ok, reason, frames, seconds = self.ray.get(ref)
             except RayActorError as e:
                 self.actors.remove(actor)
-                died = f"{actor[0]} died during the job ({type(e).__name__})"
-                log.warning("%s: %s", task.job.video, died)
-                if task.attempts < MAX_ATTEMPTS:
-                    queue.appendleft(task)
-                else:
-                    on_outcome(task, Outcome(False, f"{died}, {task.attempts} times", worker=actor[0],
-                                             attempts=task.attempts))
+                _worker_died(task, actor[0], type(e).__name__, queue, on_outcome)
                 fresh = self._start()
                 self.actors.append(fresh)
                 idle.append(fresh)

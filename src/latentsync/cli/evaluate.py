@@ -35,8 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       description="FVD as LatentSync's evaluation computes it: 16 frames from frame 20 of each "
                                   "video, the face crop resized to 224, I3D logits, Fréchet distance. Needs many "
                                   "videos per side (hundreds) for a stable number.")
-    q.add_argument("real", type=Path, help="folder (searched recursively) or video of real clips")
-    q.add_argument("generated", type=Path, help="folder or video of generated clips")
+    _add_two_sets(q)
     add_crop_option(q)
     q.add_argument("--value-range", choices=["latentsync", "standard"], default="latentsync",
                    help="latentsync: pixels in [0, 1] as LatentSync's eval feeds I3D (comparable with its "
@@ -51,8 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                       description="Fréchet Inception Distance over frames: 16 evenly spread frames of every video, "
                                   "face-cropped like FVD, resized to 299. Needs pytorch-fid's Inception weights "
                                   "(pt_inception-2015-12-05-6726825d.pth) in auxiliary/ of the checkpoints folder.")
-    q.add_argument("real", type=Path, help="folder (searched recursively) or video of real clips")
-    q.add_argument("generated", type=Path, help="folder or video of generated clips")
+    _add_two_sets(q)
     q.add_argument("--weights", type=Path, default=None, help="the Inception weight file (default: auxiliary/)")
     q.add_argument("--checkpoints", type=Path, default=None, help="weights folder (default: ./checkpoints)")
     q.add_argument("--frames", type=positive_int, default=16, help="frames per video (default: %(default)s)")
@@ -84,6 +82,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_option(q)
     add_json_option(q)
     q.set_defaults(func=_run_eval_syncnet_accuracy)
+
+
+def _add_two_sets(q: argparse.ArgumentParser) -> None:
+    """The real and generated clips that FVD and FID compare."""
+    q.add_argument("real", type=Path, help="folder (searched recursively) or video of real clips")
+    q.add_argument("generated", type=Path, help="folder or video of generated clips")
 
 
 def _run_eval_sync(args: argparse.Namespace) -> int:
