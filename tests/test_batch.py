@@ -96,7 +96,7 @@ def test_outputs_equal_infers_and_a_bad_job_is_recorded(checkpoints, media, refe
 
 
 def test_unusable_jobs_files_are_refused_before_anything_runs(media, tmp_path):
-    with pytest.raises(ConfigError, match="line 3: steps must be a int"):
+    with pytest.raises(ConfigError, match="line 3: steps: expected an integer, got 'many'"):
         read_jobs(jobs_file(tmp_path, ["a.mp4,s0.wav,,", "a.mp4,s1.wav,many,"]), tmp_path / "out")
     with pytest.raises(ConfigError, match="line 1: guidance: must be at least 1"):
         read_jobs(_jsonl(tmp_path, [{"video": "a.mp4", "audio": "s.wav", "guidance": 0.5}]), tmp_path / "out")

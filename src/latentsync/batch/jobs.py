@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import field_value
 from ..errors import ConfigError, OptionError
 from ..fileio import same_file
 from ..inference import InferenceOptions
@@ -46,34 +47,6 @@ class Job:
         return self.output.name
 
 
-def _field_types() -> dict[str, type]:
-    defaults = InferenceOptions()
-    return {name: type(getattr(defaults, name)) for name in JOB_OPTIONS}
-
-
-def _option_value(name: str, value: Any, where: str):
-    """A jobs-file value as the option's type: CSV cells are text, JSON values may already be typed."""
-    kind = _field_types()[name]
-    if name == "face":  # "largest", "center" or an index
-        return int(value) if isinstance(value, str) and value.isdigit() else value
-    if name == "mask":
-        return value
-    try:
-        if kind is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if kind is int and isinstance(value, str):
-            return int(value)
-        if kind is float and isinstance(value, str):
-            return float(value)
-        return value
-    except ValueError:
-        raise ConfigError(f"{where}: {name} must be a {kind.__name__}, got {value!r}") from None
-
-
 def make_job(row: dict[str, Any], base: InferenceOptions, out_dir: Path, folder: Path, where: str) -> Job:
     """A checked `Job` from one row of a jobs file (paths relative to `folder`)."""
     unknown = sorted(set(row) - set(JOB_COLUMNS) - set(JOB_OPTIONS))
@@ -86,9 +59,9 @@ def make_job(row: dict[str, Any], base: InferenceOptions, out_dir: Path, folder:
     video, audio = (folder / str(row[c]).strip() for c in ("video", "audio"))
     output = row.get("output")
     output = folder / str(output).strip() if output not in (None, "") else out_dir / f"{video.stem}_{audio.stem}.mp4"
-    overrides = {k: _option_value(k, v, where) for k, v in row.items() if k in JOB_OPTIONS and v not in (None, "")}
-    if "mask" in overrides:
-        overrides["mask"] = str(folder / str(overrides["mask"]))
+    # Values as `key=value` overrides take them (text read as YAML, then the field's type); a mask is a path.
+    overrides = {k: str(folder / str(v)) if k == "mask" else field_value(InferenceOptions, k, v, f"{where}: {k}")
+                 for k, v in row.items() if k in JOB_OPTIONS and v not in (None, "")}
     options = dataclasses.replace(base, **overrides)
     try:
         options.check()

@@ -14,6 +14,7 @@ Layout: `loading.py` holds the YAML -> dataclass machinery (and why it is not Om
 from .loading import (
     CONFIG_ROOT,
     apply_overrides,
+    field_value,
     from_dict,
     load_config,
     load_yaml,
@@ -66,6 +67,7 @@ __all__ = [
     "UNetModelConfig",
     "UNetRunConfig",
     "apply_overrides",
+    "field_value",
     "from_dict",
     "load_config",
     "load_preprocess_config",

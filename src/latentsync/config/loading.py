@@ -105,6 +105,17 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"unsupported config field type {tp!r} at {where}")
 
 
+def field_value(cls: type, name: str, value: Any, where: str) -> Any:
+    """`value` as field `name` of dataclass `cls` takes it, by `from_dict`'s rules; text (a CSV cell, a command
+    line) is read as YAML first, as `key=value` overrides are."""
+    if isinstance(value, str):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"{where}: {value!r} is not a valid value") from None
+    return _convert(value, typing.get_type_hints(cls)[name], where)
+
+
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass `cls` from a mapping; unknown keys raise ConfigError naming the key."""
     hints = typing.get_type_hints(cls)
