@@ -289,16 +289,19 @@ def build_app(service: LipSyncService, *, description: str = "", examples: list[
         audio_in.upload(lambda: None, outputs=speech_video, **quick)
         audio_in.stop_recording(lambda: None, outputs=speech_video, **quick)
         speech_video.upload(lambda: None, outputs=audio_in, **quick)
-        for control in (audio_in, speech_video, steps, guidance):
-            control.change(estimate, inputs=[audio_in, speech_video, steps, guidance], outputs=estimated, **quick)
+        # One listener for every change the estimate depends on (a finished job's measured speed arrives with the
+        # history): its runs never overlap and the last one reads the page as it is then, so an older answer
+        # cannot land after a newer one, as it could with a listener per control.
+        gr.on([control.change for control in (audio_in, speech_video, steps, guidance, gallery)], estimate,
+              inputs=[audio_in, speech_video, steps, guidance], outputs=estimated, trigger_mode="always_last",
+              **quick)
 
         inputs = [video_in, audio_in, steps, guidance, seed, face, crf, scheduler, deepcache, speech_video, job,
                   history]
         ran = run.click(begin, outputs=[job, run], **quick).then(
             lipsync, inputs=inputs, outputs=[result_video, status, history], api_name="lipsync",
             concurrency_limit=settings.concurrency)
-        ran.success(lambda items: items, inputs=history, outputs=gallery, **quick).then(
-            estimate, inputs=[audio_in, speech_video, steps, guidance], outputs=estimated, **quick)
+        ran.success(lambda items: items, inputs=history, outputs=gallery, **quick)
         # The button comes back when the job ends, however it ends (Gradio 6's page runs a `.then` only after a
         # success, hence the `.failure`).
         for ended in (ran.then, ran.failure):
@@ -334,7 +337,7 @@ def serve(settings: AppSettings | None = None, *, checkpoints: str | Path | None
           unet_config: str | Path | None = None, demo: bool = False, host: str = DEFAULT_HOST,
           port: int = DEFAULT_PORT, lazy: bool = False, device: str = "auto", dtype: str = "auto",
           face_backend: str = "auto", compile: bool = False, quiet: bool = False,
-          unet: str | Path | None = None) -> None:
+          unet: str | Path | None = None, lora: str | Path | None = None, lora_scale: float = 1.0) -> None:
     """`latentsync app`: load the models (now, or on the first request with `lazy`), build the page with the
     demo clip as its example, and serve until interrupted. Everything the server writes (its Gradio cache,
     jobs, results, examples, and with `demo` the tiny checkpoints) lives in one temporary folder, removed
@@ -365,7 +368,7 @@ def serve(settings: AppSettings | None = None, *, checkpoints: str | Path | None
         def make() -> LipSync:
             return LipSync(checkpoints, version=version, unet_config=unet_config, device=device, dtype=dtype,
                            face_backend=face_backend, audio_cache=False if demo else None, compile=compile,
-                           offload=settings.low_memory, unet=unet)
+                           offload=settings.low_memory, unet=unet, lora=lora, lora_scale=lora_scale)
 
         if not quiet and not lazy:
             print("loading the models ...", file=sys.stderr)
