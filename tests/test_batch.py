@@ -193,3 +193,18 @@ def test_a_local_ray_cluster_gives_the_same_outputs(checkpoints, media, referenc
     for name in ("a_s0.mp4", "b_s1.mp4"):
         assert (on_ray / name).read_bytes() == references[name], name
     assert json.loads((on_ray / SUMMARY_NAME).read_text())["workers"] == 2
+
+
+def test_a_lora_adapter_and_its_scale_are_part_of_each_jobs_key(checkpoints, tmp_path):
+    """Results made with an adapter are never taken for results without it, nor for another scale or file."""
+    from latentsync.batch import model_identity
+
+    adapter = tmp_path / "adapter.safetensors"
+    adapter.write_bytes(b"adapter")
+    plain = model_identity({"checkpoints": checkpoints})
+    assert "lora" not in plain  # the keys of batches without an adapter are as before
+    with_adapter = model_identity({"checkpoints": checkpoints, "lora": adapter, "lora_scale": 1.0})
+    assert with_adapter["lora"][0] == str(adapter.absolute()) and with_adapter["lora"][-1] == 1.0
+    assert model_identity({"checkpoints": checkpoints, "lora": adapter, "lora_scale": 0.5}) != with_adapter
+    adapter.write_bytes(b"retrained adapter")  # the same path, another file
+    assert model_identity({"checkpoints": checkpoints, "lora": adapter, "lora_scale": 1.0}) != with_adapter

@@ -19,7 +19,7 @@ FLOORS = [
     {"config", "media", "models"},
     {"audio", "face", "sync_score", "weights", "hub", "pipeline", "streaming", "estimate"},
     {"job", "inference", "data"},
-    {"preprocess", "training", "evaluation", "batch"},  # the first three also import none of one another
+    {"preprocess", "training", "evaluation", "batch", "finetune"},  # the first three import none of one another
     {"app", "app_faces", "app_middleware", "app_service", "cli", "demo", "__main__"},
 ]
 APPLICATIONS = ("preprocess", "training", "evaluation")

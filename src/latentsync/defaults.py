@@ -45,3 +45,9 @@ DEFAULT_DETECT_EVERY = 5
 # The web app.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
+
+# Fine-tuning (`latentsync finetune`). A LoRA adapter of rank 16 on the attention and feed-forward projections
+# (the common choice for diffusion UNets: a few tens of millions of parameters at most); 3000 steps of batch 1
+# is about 48k 16-frame windows, a starting point to watch on the validation clip, not a law.
+LORA_RANK = 16
+FINETUNE_STEPS = 3000

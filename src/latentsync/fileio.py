@@ -8,6 +8,7 @@ Temporary names are `.<name>.<pid>-<hex><suffix>` beside the target (`<suffix>` 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -18,6 +19,7 @@ from typing import Iterable, Iterator
 from .errors import InputError
 
 TEMP_TOKEN_BYTES = 6
+HASH_BLOCK_BYTES = 1 << 20  # sha256_file reads this much at a time
 # `.<name>.<pid>-<hex>` then the suffix; group 1: the name, group 2: the pid.
 TEMPORARY_NAME = re.compile(r"^\.(.+)\.(\d+)-[0-9a-f]{8,12}(\.partial)?(\.\w+)?$")
 
@@ -26,6 +28,15 @@ def temporary_name(path: str | os.PathLike, suffix: str = ".tmp", token_bytes: i
     """A fresh temporary path beside `path` (see the module docstring); not created."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(token_bytes)}{suffix}")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, as hex (OSError when it cannot be read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BLOCK_BYTES):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _process_alive(pid: int) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from .defaults import (DEFAULT_CRF, DEFAULT_DETECT_EVERY, FPS, LOOP_MODES, MAX_C
                        X264_PRESETS)
 from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, ConfigError, InputError, OptionError, ResourceError
-from .fileio import refuse_overwriting_inputs
+from .fileio import refuse_overwriting_inputs, sha256_file
 from .hub import download
 from .face.detect import load_face_backend
 from .face.mask import mouth_mask
@@ -43,17 +44,16 @@ from .face.tracking import check_rule, check_threshold
 from .job import MISSED_WARNING_FRACTION, Job, describe_misses
 from .media import (DEFAULT_PRESET, VideoReader, VideoWriter, check_output_path, decode_audio, probe_audio,
                     probe_video)
+from .models.lora import load_adapter, read_adapter
 from .models.unet import load_unet
 from .models.vae import load_vae
 from .models.whisper import WINDOW_MODES
 from .pipeline import (DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, SCHEDULERS, LipSyncPipeline,
                        SamplingOptions)
-from .weights import (LATENTSYNC_REPOS, UNET_CONFIG_FOR_VERSION, CheckpointLayout, default_checkpoints_dir,
-                      installed_version)
+from .weights import DEFAULT_VERSION, LATENTSYNC_REPOS, CheckpointLayout, default_checkpoints_dir, unet_config_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VERSION = "1.6"
 SAMPLES_PER_FRAME_25 = round(SAMPLE_RATE_HZ / FPS)  # 640 samples of 16 kHz audio per 25 fps frame
 # Low-memory jobs run the UNet's feed-forward on at most this many tokens at a time: 4 frames of the 64x64 latent
 # at 512 px (`estimate.estimate_chunk_memory`: with guidance split, 1.6's activation peak falls from 1.1 to 0.7
@@ -220,6 +220,10 @@ class LipSync:
         offload: keep the VAE and the Whisper encoder in host memory while they are idle (the UNet's denoising,
             nearly all of a job); they visit the device to encode and decode. Part of the low-memory mode, with
             `InferenceOptions(low_memory=True)`; the same results.
+        lora: a LoRA adapter (`latentsync finetune`'s adapter.safetensors) applied to the UNet without merging;
+            one trained on another base UNet file is refused (CheckpointError). Needs the peft package.
+        lora_scale: how much of the adapter's update to apply (1: as trained, 0: none; between or beyond
+            interpolates or extrapolates).
     """
 
     @classmethod
@@ -252,7 +256,11 @@ class LipSync:
         channels_last: bool = False,
         offload: bool = False,
         unet: str | Path | None = None,
+        lora: str | Path | None = None,
+        lora_scale: float = 1.0,
     ):
+        if not (_number(lora_scale) and math.isfinite(lora_scale)):
+            raise OptionError("lora_scale", f"must be a number, got {lora_scale!r}")
         root = Path(checkpoints) if checkpoints is not None else default_checkpoints_dir()
         layout = CheckpointLayout(root)
         if unet is None:
@@ -262,18 +270,19 @@ class LipSync:
             unet_path = Path(unet)
             if not unet_path.is_file():
                 raise CheckpointError(f"{unet_path}: UNet checkpoint not found")
-        if unet_config is None:
-            version = version or installed_version(root) or DEFAULT_VERSION
-            if version not in UNET_CONFIG_FOR_VERSION:
-                raise ValueError(f"unknown version {version!r}; expected one of {', '.join(UNET_CONFIG_FOR_VERSION)}")
-            unet_config = UNET_CONFIG_FOR_VERSION[version]
-        config = load_unet_config(unet_config)
+        config = load_unet_config(unet_config if unet_config is not None else unet_config_for(root, version))
         self.unet_config = config  # for the memory estimate that sizes the VAE's calls
         self.resolution = config.data.resolution
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         t0 = time.perf_counter()
+        adapter = None
+        if lora is not None:  # an unusable adapter, or one for another UNet, is reported before the UNet loads
+            adapter = read_adapter(lora)
+            adapter.check_base(sha256_file(unet_path))
         unet = load_unet(config, unet_path, device=self.device, dtype=self.dtype)
+        if adapter is not None:
+            load_adapter(unet, adapter, scale=lora_scale)
         vae = load_vae(vae_path, device=self.device, dtype=self.dtype)
         if channels_last:  # convolutions then run (and hand on their outputs) in NHWC
             unet.to(memory_format=torch.channels_last)

@@ -26,7 +26,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ VERSIONED = "<LatentSync repo of the version>"
 
 # The UNet config that matches each published UNet (spec 3.1): 1.6 is trained at 512 px, 1.5 at 256 px.
 UNET_CONFIG_FOR_VERSION = {"1.6": "stage2_512", "1.5": "stage2"}
+DEFAULT_VERSION = "1.6"  # what a checkpoints folder is taken to hold when `latentsync download` did not say
 
 VERSION_FILE = "latentsync_version.txt"
 
@@ -223,3 +224,12 @@ def installed_version(root: str | Path) -> str | None:
     """
     text = recorded_version(Path(root))
     return text if text in LATENTSYNC_REPOS else None
+
+
+def unet_config_for(root: str | Path, version: str | None = None) -> str:
+    """The packaged UNet config of `version` ("1.6" or "1.5"; default: what `latentsync download` installed under
+    `root`, else `DEFAULT_VERSION`); ConfigError for another version."""
+    version = version or installed_version(root) or DEFAULT_VERSION
+    if version not in UNET_CONFIG_FOR_VERSION:
+        raise ConfigError(f"unknown version {version!r}; expected one of {', '.join(UNET_CONFIG_FOR_VERSION)}")
+    return UNET_CONFIG_FOR_VERSION[version]

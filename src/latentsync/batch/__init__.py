@@ -67,18 +67,25 @@ class BatchSummary:
         return "\n".join(lines)
 
 
+def _file_identity(path: Path) -> list:
+    try:
+        stat = path.stat()
+        return [str(path.absolute()), stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        return [str(path.absolute())]
+
+
 def model_identity(model: dict[str, Any]) -> dict[str, Any]:
-    """What of the model goes into a job's key: the UNet file (path, size, modification time) and its config."""
+    """What of the model goes into a job's key: the UNet file (path, size, modification time), its config, and
+    a LoRA adapter's file and scale when there is one."""
     root = Path(model.get("checkpoints") or default_checkpoints_dir())
     unet = Path(model.get("unet") or CheckpointLayout(root).unet)
-    try:
-        stat = unet.stat()
-        unet_id = [str(unet.absolute()), stat.st_size, stat.st_mtime_ns]
-    except OSError:
-        unet_id = [str(unet.absolute())]
     version = model.get("version") or installed_version(root)
-    return {"unet": unet_id, "unet_config": str(model.get("unet_config") or ""), "version": version or "",
-            "dtype": str(model.get("dtype", "auto"))}
+    identity = {"unet": _file_identity(unet), "unet_config": str(model.get("unet_config") or ""),
+                "version": version or "", "dtype": str(model.get("dtype", "auto"))}
+    if model.get("lora"):
+        identity["lora"] = [*_file_identity(Path(model["lora"])), float(model.get("lora_scale", 1.0))]
+    return identity
 
 
 def run_batch(jobs: list[Job], out_dir: str | Path, *, model: dict[str, Any] | None = None, workers: int = 1,

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..config import field_value
 from ..errors import ConfigError, OptionError
-from ..fileio import same_file
+from ..fileio import same_file, sha256_file
 from ..inference import InferenceOptions
 
 JOB_COLUMNS = ("video", "audio", "output")
@@ -27,7 +27,6 @@ JOB_COLUMNS = ("video", "audio", "output")
 JOB_OPTIONS = tuple(f.name for f in dataclasses.fields(InferenceOptions))
 AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".png", ".jpg", ".jpeg")
-HASH_BLOCK_BYTES = 1 << 20
 KEY_VERSION = "latentsync.batch-job.v1"  # in every key: a change in what a key covers is a new version
 
 
@@ -138,14 +137,10 @@ def check_jobs(jobs: list[Job]) -> list[Job]:
 
 def file_digest(path: Path) -> str:
     """sha256 of a file's bytes ("missing" if it cannot be read: the job then fails, and is retried when fixed)."""
-    h = hashlib.sha256()
     try:
-        with open(path, "rb") as f:
-            while block := f.read(HASH_BLOCK_BYTES):
-                h.update(block)
+        return sha256_file(path)
     except OSError:
         return "missing"
-    return h.hexdigest()
 
 
 def job_key(job: Job, model: dict[str, Any], digests: dict[Path, str] | None = None) -> str:

@@ -1,8 +1,9 @@
 """The `latentsync` command: one entry with subcommands, each a thin adapter over a library call.
 
-Each subcommand lives in a module of its own (`infer.py`, `batch.py`, `demo.py`, `evaluate.py`, `preprocess.py`, `train.py`,
-`app.py`, `download.py`) whose `register(sub)` adds its parser; shared options are in `options.py`. Building the
-parser imports no heavy library, so `--help` answers at once; each command imports what it needs when it runs.
+Each subcommand lives in a module of its own (`infer.py`, `batch.py`, `demo.py`, `evaluate.py`, `preprocess.py`,
+`train.py`, `finetune.py`, `app.py`, `download.py`) whose `register(sub)` adds its parser; shared options are in
+`options.py`. Building the parser imports no heavy library, so `--help` answers at once; each command imports what
+it needs when it runs.
 
 Errors the user can cause (missing files, bad configs, unusable media) are reported in one line on stderr with
 exit status 2; anything else is a bug and keeps its traceback. Ctrl-C exits with 130 and SIGTERM with 143,
@@ -20,10 +21,10 @@ import threading
 
 from .. import __version__
 from ..errors import LatentSyncError
-from . import app, batch, demo, download, evaluate, infer, preprocess, train
+from . import app, batch, demo, download, evaluate, finetune, infer, preprocess, train
 from .options import HelpFormatter, check_device
 
-COMMANDS = (infer, batch, demo, evaluate, preprocess, train, app, download)  # in the order `--help` lists them
+COMMANDS = (infer, batch, demo, evaluate, preprocess, train, finetune, app, download)  # in the order `--help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
-    if getattr(args, "command", None) == "train":
+    if getattr(args, "command", None) in ("train", "finetune"):
         args.overrides = [a for a in unknown if "=" in a and not a.startswith("-")]
         unknown = [a for a in unknown if a not in args.overrides]
     if unknown:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.command in ("infer", "batch", "demo", "eval", "preprocess", "app"):
+    if args.command in ("infer", "batch", "demo", "eval", "preprocess", "finetune", "app"):
         from .. import stderr_filter
 
         stderr_filter.install()  # mediapipe prints C++ notices whenever its graph starts

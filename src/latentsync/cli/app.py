@@ -66,5 +66,6 @@ def _run_app(args: argparse.Namespace) -> int:
         raise LatentSyncError(str(e)) from None
     serve(settings, checkpoints=args.checkpoints, version=args.version, unet_config=args.unet_config,
           demo=args.demo, host=args.host, port=args.port, lazy=args.lazy, device=args.device, dtype=args.dtype,
-          face_backend=args.face_backend, compile=args.compile, quiet=args.quiet, unet=args.unet)
+          face_backend=args.face_backend, compile=args.compile, quiet=args.quiet, unet=args.unet, lora=args.lora,
+          lora_scale=args.lora_scale)
     return 0

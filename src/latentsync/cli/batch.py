@@ -64,7 +64,7 @@ def _run_batch(args: argparse.Namespace) -> int:
         jobs = pair_folders(args.videos, args.audios, args.out_dir, base)
     model = dict(checkpoints=args.checkpoints, version=args.version, unet_config=args.unet_config, unet=args.unet,
                  device=args.device, dtype=args.dtype, face_backend=args.face_backend, compile=args.compile,
-                 channels_last=args.channels_last, offload=args.low_memory)
+                 channels_last=args.channels_last, offload=args.low_memory, lora=args.lora, lora_scale=args.lora_scale)
     summary = run_batch(jobs, args.out_dir, model=model, workers=args.workers, ray=args.ray,
                         gpus_per_worker=args.gpus_per_worker, retry_failed=args.retry_failed, progress=not args.quiet)
     if not args.quiet or summary.failed:

@@ -43,7 +43,8 @@ def _run_infer(args: argparse.Namespace) -> int:
     mask_image(args.mask)
     lipsync = LipSync(args.checkpoints, version=args.version, unet_config=args.unet_config, device=args.device,
                       dtype=args.dtype, face_backend=args.face_backend, compile=args.compile,
-                      channels_last=args.channels_last, offload=args.low_memory, unet=args.unet)
+                      channels_last=args.channels_last, offload=args.low_memory, unet=args.unet, lora=args.lora,
+                      lora_scale=args.lora_scale)
     return run_job(lipsync, args.video, args.audio, args.out, options, args)
 
 

@@ -197,6 +197,11 @@ def add_model_choice(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveG
     p.add_argument(*flags("--unet"), dest="unet", type=Path, default=None, metavar="PATH",
                    help="a UNet checkpoint (latentsync_unet.pt format) to use instead of the checkpoints folder's, "
                         "e.g. your own fine-tuned one; give --unet-config or --version to match its architecture")
+    p.add_argument("--lora", type=Path, default=None, metavar="ADAPTER",
+                   help="a LoRA adapter (latentsync finetune's adapter.safetensors) applied to the UNet without "
+                        "merging; refused when it was trained on another UNet file (needs: pip install peft)")
+    p.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
+                   help="how much of the adapter's update to apply: 1 as trained, 0 none (default: %(default)s)")
     return which
 
 

@@ -35,6 +35,7 @@ from .syncnet import (
 )
 from .unet import (
     DOWN_BLOCK_TYPES,
+    LORA_TARGETS,
     UP_BLOCK_TYPES,
     MotionModuleConfig,
     OptimizerConfig,
@@ -49,6 +50,7 @@ from .unet import (
 __all__ = [
     "CONFIG_ROOT",
     "DOWN_BLOCK_TYPES",
+    "LORA_TARGETS",
     "UP_BLOCK_TYPES",
     "DownsampleFactor",
     "MotionModuleConfig",

@@ -10,6 +10,10 @@ from .loading import load_config
 
 DOWN_BLOCK_TYPES = ("CrossAttnDownBlock3D", "DownBlock3D")
 UP_BLOCK_TYPES = ("CrossAttnUpBlock3D", "UpBlock3D")
+# LoRA's default targets (`models.lora`): the attention projections of every transformer block, spatial self
+# (attn1), audio cross (attn2) and temporal (attention_blocks.*), and their feed-forward projections; a module
+# is targeted when its name is one of these or ends with "." and one of these.
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
 
 
 @dataclass
@@ -141,6 +145,12 @@ class UNetRunConfig:
     enable_gradient_checkpointing: bool = True
     max_train_steps: int = 10_000_000
     max_train_epochs: int = -1
+    # Ours (fine-tuning, `latentsync finetune`): a rank above 0 trains a LoRA adapter of that rank on the UNet of
+    # ckpt.resume_ckpt_path (frozen, in the frozen networks' precision) instead of run.trainable_modules; the
+    # updates are scaled by lora_alpha / lora_rank (lora_alpha 0: the rank, a scale of 1).
+    lora_rank: int = 0
+    lora_alpha: float = 0.0
+    lora_targets: tuple[str, ...] = LORA_TARGETS
 
 
 @dataclass

@@ -8,12 +8,15 @@ Run folder layout (one per run; running the same command again with `--resume au
     config.yaml                 the resolved config of the run
     checkpoints/state-00001000.pt  full training state at step 1000
     checkpoints/latest          the file name of the newest complete state (written after it)
-    exports/                    the published-format weights of each save (what inference loads)
+    exports/                    the published-format weights of each save (what inference loads), or a LoRA
+                                run's adapters
+    best.json                   the save whose validation clip synced best (highest LSE-C), when validated
     metrics.jsonl, charts/      see log.py
 """
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest"
 EXPORT_DIR = "exports"
 CONFIG_FILE = "config.yaml"
+BEST_FILE = "best.json"
+BEST_SCORE = "val_lse_c"  # the validation clip's sync confidence: higher is better
 RESUME_MODES = ("auto", "never")
 
 
@@ -68,6 +73,25 @@ def write_config(run_dir: Path, config: dict) -> Path:
     return path
 
 
+def best(run_dir: Path) -> dict[str, Any] | None:
+    """The run's best validated save, {"step": N, "val_lse_c": ..., ...}, or None (never validated)."""
+    try:
+        return json.loads((Path(run_dir) / BEST_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def keep_best(run_dir: Path, step: int, **scores: float) -> bool:
+    """Record the save at `step` as the run's best when its `BEST_SCORE` beats the best so far (the first one
+    counts); returns whether it did. Kept in `best.json`, so a resumed run goes on comparing."""
+    current = best(run_dir)
+    if current is not None and scores[BEST_SCORE] <= current[BEST_SCORE]:
+        return False
+    with atomic_write(Path(run_dir) / BEST_FILE) as tmp:
+        tmp.write_text(json.dumps({"step": step, **scores}) + "\n")
+    return True
+
+
 def rng_state() -> dict[str, Any]:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -92,19 +116,25 @@ def gather_rng(d) -> list[dict[str, Any]]:
     return states
 
 
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
 def save(run_dir: Path, step: int, *, model: torch.nn.Module, optimizer, scaler=None, scheduler=None,
          config: dict | None = None, extra: dict | None = None, keep: int = 3,
-         rngs: list[dict[str, Any]] | None = None) -> Path:
+         rngs: list[dict[str, Any]] | None = None, trainable_only: bool = False) -> Path:
     """Write the state at `step` atomically, then point `latest` at it; keep the `keep` newest states.
 
     `model` should be the bare module (not the DDP wrapper), so the keys match `load_unet`/`load_syncnet`.
     `rngs`: every rank's generator states from `gather_rng` (default: this process's only), so each rank of a
-    resumed data-parallel run draws exactly what it would have."""
+    resumed data-parallel run draws exactly what it would have. `trainable_only`: keep only the parameters that
+    train (a LoRA run: its adapter; the frozen base is read again from its own file on resume)."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     path = folder / f"state-{step:08d}.pt"
     state = {
         "step": step,
-        "model": model.state_dict(),
+        "model": _trainable_state(model) if trainable_only else model.state_dict(),
+        "model_keys": "trainable" if trainable_only else "all",
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
@@ -146,8 +176,18 @@ def load(path: Path) -> dict[str, Any]:
 def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer, scaler=None, scheduler=None,
             rank: int = 0, world_size: int = 1) -> int:
     """Put a loaded state back (model, optimiser, scaler, schedule, this rank's random generators); returns
-    its step. With another number of ranks than it was saved with, ranks other than 0 keep their seeding."""
-    model.load_state_dict(state["model"])
+    its step. With another number of ranks than it was saved with, ranks other than 0 keep their seeding.
+    A state of the trainable parameters alone (`save(trainable_only=True)`) must hold exactly the model's."""
+    if state.get("model_keys") == "trainable":
+        expected = {k: v.shape for k, v in _trainable_state(model).items()}
+        saved = {k: v.shape for k, v in state["model"].items()}
+        if saved != expected:
+            odd = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
+            raise CheckpointError(f"the training state's trainable weights are not this run's ({len(odd)} differ, "
+                                  f"e.g. {odd[0]}): was the run started with other LoRA settings?")
+        model.load_state_dict(state["model"], strict=False)
+    else:
+        model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler") is not None:
         scaler.load_state_dict(state["scaler"])
@@ -161,5 +201,5 @@ def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer, scaler=
     return int(state["step"])
 
 
-__all__ = ["find_state", "gather_rng", "latest", "load", "restore", "rng_state", "save", "seed_everything",
+__all__ = ["best", "find_state", "keep_best", "gather_rng", "latest", "load", "restore", "rng_state", "save", "seed_everything",
            "set_rng_state", "write_config"]

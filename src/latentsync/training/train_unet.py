@@ -1,5 +1,6 @@
 """Training the LatentSync UNet: stage 1 (no temporal layers, reconstruction only), stage 2 (temporal layers and
-attention trained with the pixel-space losses), the efficient variant, at 256 or 512 (spec 7.2).
+attention trained with the pixel-space losses), the efficient variant, at 256 or 512 (spec 7.2); and, ours, a
+LoRA adapter on a published UNet (`run.lora_rank`, `models.lora`: what `latentsync finetune` trains).
 
     latentsync train unet --config configs/unet/stage2.yaml [key=value ...] [--resume auto]
     torchrun --nproc_per_node 8 -m latentsync train unet --config ...
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -24,8 +26,10 @@ from ..audio import SyncNetMelCache, WhisperAudioEncoder
 from ..config import load_unet_config, load_syncnet_config, to_dict
 from ..data.unet import UNetDataset, WhisperFeatures
 from ..devices import resolve_precision
-from ..errors import ConfigError, InputError
+from ..errors import CheckpointError, ConfigError, InputError
+from ..fileio import sha256_file
 from ..inference import InferenceOptions, LipSync
+from ..models.lora import AdapterInfo, add_lora, save_adapter
 from ..models.syncnet import load_syncnet
 from ..models.unet import load_unet, save_unet_checkpoint
 from ..models.vae import load_vae
@@ -94,14 +98,20 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
 
     # ---- models --------------------------------------------------------------------------------------
     frozen_dtype = precision.frozen_dtype  # the VAE, TREPA's ViT and the SyncNet: see devices.Precision
-    if cfg.ckpt.resume_ckpt_path and resume_path is None:
+    lora = None
+    if cfg.run.lora_rank:  # the base is read from its file on every start: a LoRA run's states hold the adapter
+        unet, lora = _lora_unet(cfg, d.device, frozen_dtype)
+    elif cfg.ckpt.resume_ckpt_path and resume_path is None:
         unet = load_unet(cfg, cfg.ckpt.resume_ckpt_path, device=d.device)
     elif init_sd15 is not None and resume_path is None:
         unet = load_unet(cfg, init_sd15, device=d.device, from_sd15=True)
     else:
         unet = load_unet(cfg, device=d.device)
     unet.train()
-    params = _trainable(unet, cfg.run.trainable_modules, cfg.model.use_motion_module)
+    if lora is not None:
+        params = [p for p in unet.parameters() if p.requires_grad]
+    else:
+        params = _trainable(unet, cfg.run.trainable_modules, cfg.model.use_motion_module)
     if cfg.run.enable_gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     (vae_path,) = layout.require("vae")
@@ -197,9 +207,11 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss']:.4f}")
                 if step % cfg.ckpt.save_ckpt_steps == 0 or step == total_steps:
-                    _save(run_dir, step, unet, optimizer, scaler, lr_schedule, cfg, d)
+                    _save(run_dir, step, unet, optimizer, scaler, lr_schedule, cfg, d, lora)
                     if d.is_main:
-                        _validate(cfg, unet, vae, features, layout, run_dir, step, metrics)
+                        scores = _validate(cfg, unet, vae, features, layout, run_dir, step, metrics)
+                        if scores:
+                            state.keep_best(run_dir, step, **scores)
                         metrics.charts()
                     distributed.barrier(d)
                 if step >= total_steps:
@@ -215,24 +227,56 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     return result
 
 
-def _save(run_dir: Path, step: int, unet, optimizer, scaler, lr_schedule, cfg, d) -> None:
-    """The full state (to resume) and the published-format weights (for `load_unet` and inference). Called
-    on every rank: the generator states of all ranks are gathered first."""
+def _lora_unet(cfg, device: torch.device, frozen_dtype: torch.dtype) -> tuple[torch.nn.Module, AdapterInfo]:
+    """The base UNet of `ckpt.resume_ckpt_path` with a fresh LoRA adapter (`models.lora`): the base frozen in
+    `frozen_dtype` (half precision on CUDA), the adapter's matrices float32 and the only trainable weights. Also
+    what each exported adapter says of itself (its step aside)."""
+    run = cfg.run
+    base = cfg.ckpt.resume_ckpt_path
+    if not base:
+        raise ConfigError("run.lora_rank needs the base UNet to adapt: set ckpt.resume_ckpt_path")
+    if not Path(base).is_file():
+        raise CheckpointError(f"{base}: base UNet (ckpt.resume_ckpt_path) not found")
+    unet = add_lora(load_unet(cfg, base, device=device), run.lora_rank, run.lora_alpha or None, run.lora_targets)
+    for tensor in [*unet.parameters(), *unet.buffers()]:
+        if not tensor.requires_grad:
+            tensor.data = tensor.data.to(frozen_dtype)
+    info = AdapterInfo(rank=run.lora_rank, alpha=run.lora_alpha or run.lora_rank, targets=tuple(run.lora_targets),
+                       base_sha256=sha256_file(base))
+    return unet, info
+
+
+def _save(run_dir: Path, step: int, unet, optimizer, scaler, lr_schedule, cfg, d,
+          lora: AdapterInfo | None = None) -> None:
+    """The state (to resume) and the step's weights in exports/: the published format for `load_unet` and
+    inference, or with `lora` the adapter alone (and only the adapter in the state). Called on every rank: the
+    generator states of all ranks are gathered first."""
     rngs = state.gather_rng(d)
     if not d.is_main:
         return
     state.save(run_dir, step, model=unet, optimizer=optimizer, scaler=scaler, scheduler=lr_schedule,
-               config=to_dict(cfg), rngs=rngs)
-    save_unet_checkpoint(unet, run_dir / state.EXPORT_DIR / f"unet-{step:08d}.pt", global_step=step)
+               config=to_dict(cfg), rngs=rngs, trainable_only=lora is not None)
+    if lora is not None:
+        save_adapter(unet, run_dir / state.EXPORT_DIR / adapter_export_name(step), replace(lora, step=step))
+    else:
+        save_unet_checkpoint(unet, run_dir / state.EXPORT_DIR / unet_export_name(step), global_step=step)
+
+
+def unet_export_name(step: int) -> str:
+    return f"unet-{step:08d}.pt"
+
+
+def adapter_export_name(step: int) -> str:
+    return f"adapter-{step:08d}.safetensors"
 
 
 def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path, step: int,
-              metrics: MetricsLog) -> None:
+              metrics: MetricsLog) -> dict[str, float] | None:
     """Lip-sync the validation clip with the UNet being trained; log its sync confidence when the evaluation
-    SyncNet is there (spec 7.2: the reference does this at every save)."""
+    SyncNet is there (spec 7.2: the reference does this at every save) and return it (None without one)."""
     video, audio = cfg.data.val_video_path, cfg.data.val_audio_path
     if not (video and audio):
-        return
+        return None
     out = run_dir / VALIDATION_DIR / f"step-{step:08d}.mp4"
     out.parent.mkdir(parents=True, exist_ok=True)
     was_training = unet.training
@@ -246,7 +290,10 @@ def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path,
         if layout.is_present("syncnet_v2"):
             result = sync_confidence(out, layout.syncnet_v2, progress=False)
             if result.found:
-                metrics.log(step, val_lse_c=result.lse_c, val_lse_d=result.lse_d)
+                scores = {"val_lse_c": result.lse_c, "val_lse_d": result.lse_d}
+                metrics.log(step, **scores)
+                return scores
+        return None
     finally:
         unet.train(was_training)
 
