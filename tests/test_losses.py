@@ -217,6 +217,24 @@ def test_lpips_gradients_reach_pred_only(lpips_model):
     assert not lpips_model.training and not lpips_model.vgg.training
 
 
+def test_lpips_checkpointing_gives_the_same_distance_and_gradient_from_the_inputs_alone(vgg_file):
+    """With gradient_checkpointing the forward pass keeps only what it was given (the VGG runs again in
+    backward); the distance and the gradient are those without it."""
+    pred, target = _images(9), _images(10)
+    results = {}
+    for checkpointing in (False, True):
+        model = LPIPS(vgg_file, gradient_checkpointing=checkpointing)
+        x = pred.clone().requires_grad_(True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            distance = model(x, target)
+        distance.sum().backward()
+        results[checkpointing] = distance.detach(), x.grad, sum(saved)
+    (d0, g0, kept0), (d1, g1, kept1) = results[False], results[True]
+    assert torch.equal(d0, d1) and torch.equal(g0, g1)
+    assert kept1 <= 2 * pred.numel() < kept0  # pred and target, where the VGG's activations were kept before
+
+
 def test_lpips_accepts_loaded_vgg(lpips_model, vgg_file):
     other = LPIPS(load_vgg16_features(vgg_file))
     x0, x1 = _images(7), _images(8)

@@ -195,9 +195,11 @@ def test_two_gloo_ranks_agree(setup, tmp_path):
     assert sorted(losses(tmp_path / "run")) == [1, 2]  # rank 0 logged both steps
 
 
-def test_stage2_step_uses_every_loss(setup, tmp_path):
+def test_stage2_step_uses_every_loss(setup, tmp_path, monkeypatch):
     """Pixel-space supervision: LPIPS (our VGG + lpips heads), TREPA (tiny VideoMAE-v2), the StableSyncNet loss,
-    each finite and logged; the frozen networks' weight files are read from the checkpoints layout."""
+    each finite and logged; the frozen networks' weight files are read from the checkpoints layout. The VAE decode
+    that carries the gradients is checkpointed, as the reference's (its activations dominate a step's memory)."""
+    import torch.utils.checkpoint
     from test_losses import _tiny_state_dict, _vgg_state_dict
 
     from latentsync.models.syncnet import load_syncnet, save_syncnet_checkpoint
@@ -211,11 +213,19 @@ def test_stage2_step_uses_every_loss(setup, tmp_path):
     torch.save({"module": _tiny_state_dict()}, layout / "auxiliary" / "vit_g_hybrid_pt_1200e_ssv2_ft.pth")
     torch.manual_seed(0)
     save_syncnet_checkpoint(load_syncnet("tiny/syncnet"), layout / "stable_syncnet.pt")
+    # diffusers' checkpointing calls torch.utils.checkpoint.checkpoint by its module attribute (our UNet's blocks
+    # imported the function itself): the calls counted here are the VAE's.
+    vae_blocks = []
+    checkpoint = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint",
+                        lambda fn, *args, **kwargs: vae_blocks.append(fn) or checkpoint(fn, *args, **kwargs))
     train_unet(checkpoints / UNET_CONFIG_NAME, tmp_path / "run", checkpoints=layout, data=clips, progress=False,
                device="cpu", max_steps=2,
                overrides=["data.batch_size=1", "data.num_workers=0", "data.resolution=64", "data.num_frames=16",
                           "run.enable_gradient_checkpointing=true", "run.trepa_model=tiny",
                           "ckpt.save_ckpt_steps=1000", "run.mixed_precision_training=false"])
+    decoder_blocks = {type(getattr(fn, "__self__", fn)).__name__ for fn in vae_blocks}  # bound forward methods
+    assert {"UNetMidBlock2D", "UpDecoderBlock2D"} <= decoder_blocks, decoder_blocks
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(records) == 2
     for record in records:

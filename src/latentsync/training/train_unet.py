@@ -119,7 +119,13 @@ def train_unet(config, run_dir: str | Path, *, overrides: list[str] | None = Non
     frozen = Frozen(vae=vae)
     run = cfg.run
     if run.pixel_space_supervise:
-        frozen.lpips = _lpips(layout, d.device) if run.perceptual_loss_weight > 0 else None
+        # The decode of the one-step estimate carries gradients: its blocks are recomputed in backward instead of
+        # holding their activations, as the reference trains (spec 7.2). Without it the decoder held 75 of the 88
+        # GB of a LoRA step at 512 px; with it 8 (bench/finetune_memory.py).
+        vae.enable_gradient_checkpointing()
+    if run.pixel_space_supervise:
+        frozen.lpips = (_lpips(layout, d.device, run.enable_gradient_checkpointing)
+                        if run.perceptual_loss_weight > 0 else None)
         frozen.trepa = _trepa(layout, d.device, frozen_dtype, run.trepa_model) if run.trepa_loss_weight > 0 else None
         if run.use_syncnet and run.sync_loss_weight > 0:
             frozen.syncnet = _syncnet(cfg.data.syncnet_config_path, layout, d.device, frozen_dtype)
@@ -298,9 +304,9 @@ def _validate(cfg, unet, vae, features, layout: CheckpointLayout, run_dir: Path,
         unet.train(was_training)
 
 
-def _lpips(layout: CheckpointLayout, device):
+def _lpips(layout: CheckpointLayout, device, checkpointing: bool):
     (vgg,) = layout.require("vgg16")
-    return LPIPS(vgg, device=device)
+    return LPIPS(vgg, device=device, gradient_checkpointing=checkpointing)
 
 
 def _trepa(layout: CheckpointLayout, device, dtype, model_config: str):
