@@ -190,6 +190,9 @@ def finetune(raw_dir: str | Path, run_dir: str | Path, *, version: str | None = 
                      progress=progress).run()
     if progress:
         print(summary.format(), file=sys.stderr)
+    for step, item, error in summary.failures[:5]:  # internal errors: training goes on without those clips
+        log.warning("data pipeline failed at %s on %s: %s (retried on the next run)", step, item,
+                    error.splitlines()[0])
     clips = passed_clips(data_dir)
     if not clips:
         raise InputError(f"{raw_dir}: no clip passed the data pipeline; the reasons are in "

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..defaults import FINETUNE_STEPS, LORA_RANK
-from .options import add_device_option, flags, positive_int
+from .options import add_device_option, add_model_choice, positive_int
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,23 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
                    help="the run folder: data, training state, exports (rerun with the same one to resume)")
     p.set_defaults(overrides=[])  # KEY=VALUE items anywhere on the line: main() collects them
-    p.add_argument("--checkpoints", type=Path, default=None,
-                   help="weights folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--version", choices=["1.6", "1.5"], default=None,
-                       help="the published model to start from: 1.6 (512 px faces) or 1.5 (256 px) (default: what "
-                            "latentsync download installed, else 1.6)")
-    which.add_argument(*flags("--unet-config"), dest="unet_config", default=None,
-                       help="a UNet config YAML instead of --version")
-    p.add_argument("--unet", type=Path, default=None, metavar="PATH",
-                   help="the base UNet file (default: the checkpoints folder's latentsync_unet.pt)")
+    add_model_choice(p, lora=False)  # the published model to start from, or --unet PATH another base UNet
     how = p.add_mutually_exclusive_group()
     how.add_argument("--lora-rank", type=positive_int, default=LORA_RANK, metavar="R",
                      help="the LoRA adapter's rank, on the attention and feed-forward projections (default: "
                           "%(default)s)")
     how.add_argument("--full", action="store_true",
                      help="train the stage-2 modules (temporal layers and attention) instead of an adapter, as "
-                          "latentsync train unet does (needs 30 GB or more of GPU memory)")
+                          "latentsync train unet does (an estimated 20 GB of GPU memory at 256 px, 30 GB at 512, "
+                          "against LoRA's 10 and 22)")
     p.add_argument("--steps", type=positive_int, default=FINETUNE_STEPS,
                    help="train to this step (default: %(default)s); rerun with more to go on")
     p.add_argument("--val-clip", type=Path, default=None, metavar="VIDEO",

@@ -184,8 +184,9 @@ def fraction(text: str) -> float:
     return value
 
 
-def add_model_choice(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
-    """--checkpoints, and --version or --unet-config (the group is returned for further choices)."""
+def add_model_choice(p: argparse.ArgumentParser, lora: bool = True) -> argparse._MutuallyExclusiveGroup:
+    """--checkpoints, --version or --unet-config (the group is returned for further choices), --unet, and with
+    `lora` --lora and --lora-scale."""
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="weights folder (default: $LATENTSYNC_CHECKPOINTS or ./checkpoints)")
     which = p.add_mutually_exclusive_group()
@@ -197,6 +198,8 @@ def add_model_choice(p: argparse.ArgumentParser) -> argparse._MutuallyExclusiveG
     p.add_argument(*flags("--unet"), dest="unet", type=Path, default=None, metavar="PATH",
                    help="a UNet checkpoint (latentsync_unet.pt format) to use instead of the checkpoints folder's, "
                         "e.g. your own fine-tuned one; give --unet-config or --version to match its architecture")
+    if not lora:
+        return which
     p.add_argument("--lora", type=Path, default=None, metavar="ADAPTER",
                    help="a LoRA adapter (latentsync finetune's adapter.safetensors) applied to the UNet without "
                         "merging; refused when it was trained on another UNet file (needs: pip install peft)")

@@ -13,9 +13,10 @@ import logging
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 
 from ..errors import CheckpointError
-from .checkpoint import resolve_device
+from .checkpoint import compare_keys, expected_shapes, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ SD_VAE_CONFIG = dict(
 )
 
 
-def _check_folder(path: Path) -> None:
-    """Raise CheckpointError, naming what is missing, unless `path` looks like a diffusers VAE folder."""
+def _check_folder(path: Path) -> dict:
+    """Raise CheckpointError, naming what is missing, unless `path` looks like a diffusers VAE folder; returns
+    its config."""
     if not path.is_dir():
         raise CheckpointError(f"{path}: VAE folder not found (expected config.json and "
                               f"{VAE_WEIGHT_FILES[0]}); run `latentsync download`")
@@ -49,6 +51,42 @@ def _check_folder(path: Path) -> None:
         raise CheckpointError(f"{config}: not an AutoencoderKL config")
     if not any((path / name).is_file() for name in VAE_WEIGHT_FILES):
         raise CheckpointError(f"{path}: VAE folder has no weights ({' or '.join(VAE_WEIGHT_FILES)})")
+    return parsed
+
+
+def _file_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """The tensor names and shapes of a weight file, without reading its tensors' data where the format allows
+    (a safetensors header; a torch pickle is memory-mapped)."""
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as f:
+                return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        return {k: tuple(v.shape) for k, v in state.items()}
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to replace
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CheckpointError(f"{path}: cannot read the VAE weights ({detail})") from None
+
+
+def _check_weights(path: Path, config: dict) -> list[str]:
+    """CheckpointError in one line when the weight file of the folder `path` lacks a tensor of `config`'s
+    AutoencoderKL or holds one of another shape; returns the names it holds beyond them. Checked here because
+    diffusers reports these differently with and without `accelerate` (with it, a missing tensor surfaces as
+    "Cannot copy out of meta tensor")."""
+    from diffusers import AutoencoderKL
+
+    weights = next(path / name for name in VAE_WEIGHT_FILES if (path / name).is_file())
+    found = {k: torch.empty(shape, device="meta") for k, shape in _file_shapes(weights).items()}
+    try:
+        with torch.device("meta"):
+            model = AutoencoderKL.from_config(config)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path / 'config.json'}: not a usable AutoencoderKL config ({e})") from None
+    report = compare_keys(expected_shapes(model), found)
+    if report.missing or report.mismatched:
+        report.unexpected = []
+        raise CheckpointError(f"{weights}: VAE weights do not match its config: {report.summary()}")
+    return report.unexpected
 
 
 def load_vae(
@@ -65,14 +103,15 @@ def load_vae(
     frames much larger than faces) is off. With `accelerate` installed the weights are loaded straight onto
     `device`; without it diffusers builds the model on the CPU already in `dtype` (no fp32 copy, no random
     init) and we move it. Raises CheckpointError naming the path when the folder, its config or its weights are
-    missing or unreadable, or the weights do not fit the config.
+    missing or unreadable, or the weights do not fit the config (checked before diffusers loads them, so the
+    message is the same with and without accelerate).
     """
     from diffusers import AutoencoderKL
     from diffusers.utils import is_accelerate_available
 
     path = Path(path)
     device = resolve_device(device)
-    _check_folder(path)
+    unused = _check_weights(path, _check_folder(path))
     kwargs: dict = dict(
         torch_dtype=dtype,
         local_files_only=True,
@@ -90,13 +129,8 @@ def load_vae(
         # diffusers reports unreadable or mismatching weights with these; torch's shape report spans lines.
         detail = " ".join(str(e).split())[:300] or type(e).__name__
         raise CheckpointError(f"{path}: cannot load the VAE ({detail})") from None
-    problems = [f"{len(info[k])} {k.replace('_', ' ')} ({', '.join(map(str, info[k][:3]))})"
-                for k in ("missing_keys", "mismatched_keys") if info.get(k)]
-    if problems:
-        raise CheckpointError(f"{path}: VAE weights do not match its config: {'; '.join(problems)}")
-    if info.get("unexpected_keys"):
-        log.warning("%s: %d unused VAE weights (%s)", path, len(info["unexpected_keys"]),
-                    ", ".join(info["unexpected_keys"][:3]))
+    if unused:
+        log.warning("%s: %d unused VAE weights (%s)", path, len(unused), ", ".join(unused[:3]))
 
     vae.to(device).eval().requires_grad_(False)
     if slicing:
