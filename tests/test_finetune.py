@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
-from test_train_unet import RECON_ONLY, losses, write_clip
+from test_train_unet import RECON_ONLY, losses
+from test_train_unet import setup as train_setup  # noqa: F401 - a fixture, used by `setup` below
 
 from latentsync import cli
-from latentsync.demo import UNET_CONFIG_NAME, make_talking_clip, synth_speech, write_tiny_checkpoints
+from latentsync.demo import UNET_CONFIG_NAME, make_talking_clip, synth_speech
 from latentsync.errors import CheckpointError
 from latentsync.fileio import sha256_file
 from latentsync.inference import InferenceOptions, LipSync
@@ -23,21 +24,16 @@ from latentsync.models.lora import load_adapter, merge_lora, read_adapter
 from latentsync.models.unet import load_unet, save_unet_checkpoint
 from latentsync.training.train_unet import train_unet
 
-RESOLUTION = 128  # the tiny models' face size
 RANK = 8
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    """Tiny checkpoints, two training clips, and a base UNet to adapt. The base's output layer is scaled up
-    (std 0.1 instead of the demo's 0.02): the adapter changes what that layer reads, so through the demo's
-    near-zero output layer no adapter could move the loss much, unlike through a trained model's."""
-    root = tmp_path_factory.mktemp("finetune")
-    checkpoints = write_tiny_checkpoints(root / "checkpoints", resolution=RESOLUTION)
-    clips = root / "clips"
-    clips.mkdir()
-    for k in range(2):
-        write_clip(clips / f"clip{k}.mp4", 2.2, seed=k)
+def setup(train_setup):
+    """The UNet trainer's tiny checkpoints and two training clips, and a base UNet to adapt. The base's output
+    layer is scaled up (std 0.1 instead of the demo's 0.02): the adapter changes what that layer reads, so
+    through the demo's near-zero output layer no adapter could move the loss much, unlike through a trained
+    model's."""
+    checkpoints, clips, root = train_setup
     torch.manual_seed(1)
     unet = load_unet(checkpoints / UNET_CONFIG_NAME, checkpoints / "latentsync_unet.pt")
     with torch.no_grad():
@@ -163,6 +159,22 @@ def test_an_adapter_for_another_base_is_refused(setup, trained, tmp_path, capsys
     save_file({"x": torch.zeros(2)}, str(not_adapter))
     with pytest.raises(CheckpointError, match="not a LatentSync LoRA adapter"):
         LipSync(checkpoints, unet_config=checkpoints / UNET_CONFIG_NAME, device="cpu", lora=not_adapter, unet=base)
+
+
+def test_finetune_never_writes_over_its_inputs(setup, tmp_path):
+    """The base UNet kept where the export would go is refused before any work, and nothing is written."""
+    from latentsync.errors import InputError
+    from latentsync.finetune import finetune
+
+    checkpoints, clips, base = setup
+    run = tmp_path / "run"
+    run.mkdir()
+    inside = run / "latentsync_unet.pt"
+    inside.write_bytes(base.read_bytes())
+    with pytest.raises(InputError, match="same file as the base UNet"):
+        finetune(clips, run, unet_config=checkpoints / UNET_CONFIG_NAME, unet=inside, checkpoints=checkpoints,
+                 merge=True, device="cpu", progress=False)
+    assert sorted(p.name for p in run.iterdir()) == ["latentsync_unet.pt"] and inside.read_bytes() == base.read_bytes()
 
 
 def _raw_videos(folder: Path, work: Path, count: int = 2, seconds: float = 3.2) -> Path:

@@ -39,7 +39,7 @@ from .config import load_preprocess_config, load_unet_config, to_dict
 from .defaults import FINETUNE_STEPS, LORA_RANK
 from .devices import resolve_device
 from .errors import ConfigError, InputError
-from .fileio import atomic_write, refuse_nested_folders, remove_stale_temporaries
+from .fileio import atomic_write, refuse_nested_folders, refuse_overwriting_inputs, remove_stale_temporaries
 from .inference import check_inputs
 from .models.lora import load_adapter, merge_lora, read_adapter
 from .models.unet import load_unet, save_unet_checkpoint
@@ -162,6 +162,9 @@ def finetune(raw_dir: str | Path, run_dir: str | Path, *, version: str | None = 
     if not base.is_file():
         layout.require("unet")  # the download hint for the folder's UNet
         raise InputError(f"{base}: base UNet not found")
+    for output in (run_dir / ADAPTER_FILE, run_dir / UNET_FILE):  # the exports replace whatever those paths hold
+        refuse_overwriting_inputs(output, [("base UNet", base), ("validation clip", val_clip),
+                                           ("validation speech", val_audio)])
 
     cfg = load_unet_config(unet_config)
     cfg.ckpt.resume_ckpt_path = str(base.absolute())
