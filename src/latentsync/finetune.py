@@ -35,13 +35,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import load_preprocess_config, load_unet_config, to_dict
+from .config import load_preprocess_config, load_unet_config
 from .defaults import FINETUNE_STEPS, LORA_RANK
 from .devices import resolve_device
 from .errors import ConfigError, InputError
 from .fileio import atomic_write, refuse_nested_folders, refuse_overwriting_inputs, remove_stale_temporaries
 from .inference import check_inputs
-from .models.lora import load_adapter, merge_lora, read_adapter
+from .models.lora import load_adapter, merge_lora
 from .models.unet import load_unet, save_unet_checkpoint
 from .preprocess.runner import Runner, passed_clips
 from .training import state
@@ -223,7 +223,7 @@ def finetune(raw_dir: str | Path, run_dir: str | Path, *, version: str | None = 
         adapter = _publish(exports / adapter_export_name(step), run_dir / ADAPTER_FILE)
         if merge:
             model = load_unet(cfg, base)
-            load_adapter(model, read_adapter(adapter))
+            load_adapter(model, adapter)
             merged = save_unet_checkpoint(merge_lora(model), run_dir / UNET_FILE, global_step=step)
     return FinetuneResult(run_dir=run_dir, clips=len(clips), step=result["step"], exported_step=step,
                           adapter=adapter, unet=merged, best=best)

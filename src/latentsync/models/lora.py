@@ -8,10 +8,10 @@ freezes every base weight; the A and B matrices are then the only trainable para
 
 An adapter file is a safetensors file holding the A and B matrices under peft's names
 (`...attn2.to_q.lora_A.weight`), with metadata: the format, rank, alpha, target names, the training step and
-`base_sha256`, the sha256 of the base UNet file it was trained on (`Adapter.check_base` refuses another base);
-`load_adapter` applies one without merging; `merge_lora` folds the updates into the base weights and puts the plain layers back, so the
-UNet has the published key names again (`save_unet_checkpoint` then writes a `latentsync_unet.pt` that every
-tool reading the published format loads).
+`base_sha256`, the sha256 of the base UNet file it was trained on (`Adapter.check_base` refuses another base).
+`load_adapter` applies one without merging; `merge_lora` folds the updates into the base weights and puts the
+plain layers back, so the UNet has the published key names again (`save_unet_checkpoint` then writes a
+`latentsync_unet.pt` that every tool reading the published format loads).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ..config import LORA_TARGETS as TARGETS
 from ..defaults import LORA_RANK as DEFAULT_RANK
 from ..errors import CheckpointError, ConfigError, LatentSyncError
 from ..fileio import atomic_write
+from .checkpoint import compare_keys
 
 ADAPTER_FORMAT = "latentsync-lora"
 ADAPTER_FORMAT_VERSION = "1"
@@ -152,12 +153,9 @@ def load_adapter(unet: nn.Module, adapter: Adapter | str | Path, *, scale: float
         adapter = read_adapter(adapter)
     info = adapter.info
     add_lora(unet, info.rank, info.alpha, info.targets)
-    expected = set(adapter_state_dict(unet))
-    missing, unexpected = sorted(expected - set(adapter.tensors)), sorted(set(adapter.tensors) - expected)
-    if missing or unexpected:
-        detail = "; ".join(f"{what} {keys[0]} (and {len(keys) - 1} more)" for what, keys in
-                           (("missing", missing), ("unexpected", unexpected)) if keys)
-        raise CheckpointError(f"{adapter.path}: the adapter does not fit this UNet: {detail}")
+    report = compare_keys({k: v.shape for k, v in adapter_state_dict(unet).items()}, adapter.tensors)
+    if not report.ok:  # names and shapes, before peft copies anything in
+        raise CheckpointError(f"{adapter.path}: the adapter does not fit this UNet: {report.summary()}")
     ref = next(unet.parameters())
     _peft().set_peft_model_state_dict(unet, {k: v.to(ref.device, ref.dtype) for k, v in adapter.tensors.items()},
                                       adapter_name=ADAPTER_NAME)

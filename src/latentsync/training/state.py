@@ -26,7 +26,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write
-from ..models.checkpoint import atomic_torch_save
+from ..models.checkpoint import atomic_torch_save, compare_keys
 from .log import METRICS
 
 CHECKPOINT_DIR = "checkpoints"
@@ -179,12 +179,10 @@ def restore(state: dict[str, Any], *, model: torch.nn.Module, optimizer, scaler=
     its step. With another number of ranks than it was saved with, ranks other than 0 keep their seeding.
     A state of the trainable parameters alone (`save(trainable_only=True)`) must hold exactly the model's."""
     if state.get("model_keys") == "trainable":
-        expected = {k: v.shape for k, v in _trainable_state(model).items()}
-        saved = {k: v.shape for k, v in state["model"].items()}
-        if saved != expected:
-            odd = sorted(k for k in saved.keys() | expected.keys() if saved.get(k) != expected.get(k))
-            raise CheckpointError(f"the training state's trainable weights are not this run's ({len(odd)} differ, "
-                                  f"e.g. {odd[0]}): was the run started with other LoRA settings?")
+        report = compare_keys({k: v.shape for k, v in _trainable_state(model).items()}, state["model"])
+        if not report.ok:
+            raise CheckpointError(f"the training state's trainable weights are not this run's ({report.summary()}): "
+                                  "was the run started with other LoRA settings?")
         model.load_state_dict(state["model"], strict=False)
     else:
         model.load_state_dict(state["model"])
